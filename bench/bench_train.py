@@ -1,0 +1,161 @@
+"""Epoch time of `regopt train` against the two loops people write, side by side in one run.
+
+(a) the conventional PyTorch loop: a `Dataset` whose `__getitem__` returns one sample, a
+    `DataLoader(batch_size, shuffle=True)` that collates them, torch.optim.Adam;
+(b) a hand-written in-memory loop: `torch.randperm` per epoch, index the tensors, torch.optim.Adam;
+(c) regopt's engine (`regopt.engine.fit`, what `regopt train` runs), evaluation on the validation
+    split included in its epoch time (the baselines do not evaluate: the comparison is conservative).
+
+All three train the same MLP 784-256-128-10 with Adam (lr 1e-3, weight decay 1e-4) on the same
+Fashion-MNIST tensors. Methods run one epoch each in turn, repeated, and medians are reported.
+
+    python bench/bench_train.py --epochs 5 --batch-sizes 64 128 --markdown BENCHMARKS.md
+    python bench/bench_train.py --quality --seeds 0 1 2       # the 20-epoch accuracy target
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from regopt.data import load_dataset
+from regopt.engine import fit
+from regopt.lab.config import RunConfig
+from regopt.models import build_mlp
+
+
+class OneSampleDataset(torch.utils.data.Dataset):
+    """The conventional Dataset: one (image, label) pair per __getitem__."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int):
+        return self.x[index], self.y[index]
+
+
+def classic_model_and_optimizer(data, seed: int):
+    torch.manual_seed(seed)
+    model = build_mlp(data.num_features, data.num_classes)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+
+
+def train_step(model, optimizer, x, y) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+def dataloader_epochs(data, batch_size: int, seed: int):
+    """Generator: each next() runs one epoch of loop (a) and yields its seconds."""
+    model, optimizer = classic_model_and_optimizer(data, seed)
+    loader = torch.utils.data.DataLoader(OneSampleDataset(data.train.x, data.train.y),
+                                         batch_size=batch_size, shuffle=True)
+    while True:
+        started = time.perf_counter()
+        for x, y in loader:
+            train_step(model, optimizer, x, y)
+        yield time.perf_counter() - started
+
+
+def in_memory_epochs(data, batch_size: int, seed: int):
+    """Generator: each next() runs one epoch of loop (b) and yields its seconds."""
+    model, optimizer = classic_model_and_optimizer(data, seed)
+    x_all, y_all = data.train.x, data.train.y
+    while True:
+        started = time.perf_counter()
+        order = torch.randperm(len(y_all))
+        for start in range(0, len(y_all), batch_size):
+            index = order[start:start + batch_size]
+            train_step(model, optimizer, x_all[index], y_all[index])
+        yield time.perf_counter() - started
+
+
+class EpochTimes:
+    """A progress sink for regopt.engine.fit that records each epoch's row."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def start(self, *args) -> None:
+        pass
+
+    def batch(self, *args) -> None:
+        pass
+
+    def epoch(self, row: dict) -> None:
+        self.rows.append(row)
+
+
+def regopt_epoch_times(batch_size: int, epochs: int, seed: int) -> list[float]:
+    sink = EpochTimes()
+    fit(RunConfig(dataset="fashion-mnist", batch_size=batch_size, epochs=epochs, seed=seed),
+        progress=sink)
+    return [row["seconds"] for row in sink.rows]
+
+
+def compare_epoch_times(batch_size: int, epochs: int, seed: int = 0) -> dict[str, float]:
+    data = load_dataset("fashion-mnist")
+    loops = {"dataloader": dataloader_epochs(data, batch_size, seed),
+             "in_memory": in_memory_epochs(data, batch_size, seed)}
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(epochs):
+        for name, loop in loops.items():
+            times[name].append(next(loop))
+    times["regopt"] = regopt_epoch_times(batch_size, epochs, seed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def quality(seeds: list[int], epochs: int) -> list[float]:
+    accuracies = []
+    for seed in seeds:
+        summary = fit(RunConfig(dataset="fashion-mnist", epochs=epochs, batch_size=64, seed=seed))
+        accuracies.append(summary["test_accuracy"])
+        print(f"seed {seed}: test accuracy {summary['test_accuracy']:.4f} "
+              f"({summary['train_seconds']:.1f} s of training)", flush=True)
+    return accuracies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per method (medians over them)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--quality", action="store_true", help="run the 20-epoch accuracy check")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--markdown", help="append the result table to this file")
+    args = parser.parse_args(argv)
+
+    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads", ""]
+    if args.quality:
+        accuracies = quality(args.seeds, epochs=20)
+        mean, std = statistics.mean(accuracies), statistics.pstdev(accuracies)
+        lines += [f"Classic recipe, 20 epochs, Fashion-MNIST, seeds {args.seeds}: test accuracy "
+                  f"{mean:.4f} +- {std:.4f} (each: {', '.join(f'{a:.4f}' for a in accuracies)}); "
+                  f"target >= 0.880"]
+    else:
+        lines += ["| batch | (a) DataLoader s/epoch | (b) in-memory s/epoch | regopt s/epoch "
+                  "| (a) / regopt | regopt / (b) |", "|---|---|---|---|---|---|"]
+        for batch_size in args.batch_sizes:
+            t = compare_epoch_times(batch_size, args.epochs)
+            lines.append(f"| {batch_size} | {t['dataloader']:.3f} | {t['in_memory']:.3f} | "
+                         f"{t['regopt']:.3f} | {t['dataloader'] / t['regopt']:.2f}x | "
+                         f"{t['regopt'] / t['in_memory']:.3f} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "a") as handle:
+            handle.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
