@@ -75,13 +75,14 @@ class Progress(Protocol):
 
 
 def fit(config, store=None, run_id: str | None = None, resume: bool = False,
-        progress: Progress | None = None) -> dict[str, Any]:
+        progress: Progress | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train the run described by `config` (a regopt.lab.RunConfig) and return its summary.
 
     With a `store` (regopt.lab.RunStore) the run, its metrics rows, a checkpoint per epoch and
     its summary are stored; `run_id` names a new run (default: a generated id). With
     resume=True, `run_id` is an existing run: training continues after its last checkpoint, whose
     stored config must equal `config` (else CheckpointError naming the first differing key).
+    `tags` (experiment, cell, phase) label a new run in the store for compare and claims.
     Bad input raises a UserError before anything is written.
 
     The caller's torch RNG state and thread count are left as they were (the run seeds and uses
@@ -94,12 +95,13 @@ def fit(config, store=None, run_id: str | None = None, resume: bool = False,
         try:
             if config.threads is not None:
                 torch.set_num_threads(config.threads)
-            return _train(config, store, run_id, resume, progress)
+            return _train(config, store, run_id, resume, progress, tags)
         finally:
             torch.set_num_threads(threads)
 
 
-def _train(config, store, run_id: str | None, resume: bool, progress: Progress | None) -> dict[str, Any]:
+def _train(config, store, run_id: str | None, resume: bool, progress: Progress | None,
+           tags: dict[str, str] | None) -> dict[str, Any]:
     """fit()'s body: build, (create or resume the run,) train the epochs, summarize."""
     # -- 1. build everything; any bad input fails here, before the store is touched -------------
     torch.manual_seed(config.seed)  # the weights' initialization, then dropout
@@ -123,7 +125,7 @@ def _train(config, store, run_id: str | None, resume: bool, progress: Progress |
         for row in history:  # the store may lack the last row if the kill came just before it
             store.log_epoch(run_id, row)
     elif store is not None:
-        run_id = store.create_run(config.to_dict(), run_id=run_id)
+        run_id = store.create_run(config.to_dict(), run_id=run_id, **(tags or {}))
 
     # -- 2. the epochs ------------------------------------------------------------------------
     try:

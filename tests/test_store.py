@@ -166,3 +166,31 @@ def test_stale_temporary_files_are_cleaned_on_next_checkpoint(tmp_path):
     (tmp_path / run_id / ".tmp-checkpoint.pt.abc123").write_bytes(b"left by kill -9")
     store.save_checkpoint(run_id, {"epoch": 1})
     assert sorted(p.name for p in (tmp_path / run_id).iterdir()) == ["checkpoint.pt"]
+
+
+def test_experiment_tags_filters_and_config_hash(tmp_path):
+    from regopt.lab.store import config_hash
+    store = RunStore(tmp_path)
+    tune = store.create_run({"dataset": "digits", "optimizer": "adam", "lr": 1e-3},
+                            experiment="grid", cell="adam | wd", phase="tune")
+    final = store.create_run({"dataset": "digits", "optimizer": "sgd", "lr": 0.1},
+                             experiment="grid", cell="sgd | none", phase="final")
+    store.create_run({"dataset": "digits", "optimizer": "sgd", "lr": 0.1})
+    assert store.experiments() == ["grid"]
+    assert [r["run_id"] for r in store.list_runs(experiment="grid")] == [tune, final]
+    assert [r["run_id"] for r in store.list_runs(experiment="grid", phase="final")] == [final]
+    assert store.get_run(tune)["cell"] == "adam | wd"
+    same = config_hash({"lr": 0.1, "optimizer": "sgd", "dataset": "digits"})
+    assert store.get_run(final)["config_hash"] == same
+    assert len(store.list_runs(config_hash=same)) == 2
+    assert config_hash({"lr": 0.2}) != config_hash({"lr": 0.1})
+
+
+def test_final_weights_round_trip(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create_run({"dataset": "digits", "optimizer": "adam"})
+    with pytest.raises(CheckpointError, match="no final weights"):
+        store.load_model(run_id)
+    weights = {"layers.0.weight": torch.randn(3, 2)}
+    store.save_model(run_id, weights)
+    assert torch.equal(store.load_model(run_id)["layers.0.weight"], weights["layers.0.weight"])

@@ -10,7 +10,13 @@ Layout under `root` (default ./runs)::
 Schema (plain on purpose: `compare` and `report` query across runs with ordinary SQL)::
 
     runs(run_id TEXT PRIMARY KEY, created TEXT, updated TEXT, status TEXT, dataset TEXT,
-         optimizer TEXT, config TEXT, summary TEXT)            -- config, summary: JSON
+         optimizer TEXT, config TEXT, summary TEXT,            -- config, summary: JSON
+         experiment TEXT, cell TEXT, phase TEXT, config_hash TEXT)
+
+experiment names the compare grid or claims run a run belongs to (NULL for a lone `regopt train`),
+cell the grid cell's label (e.g. "adam | wd"), phase "tune" (a learning-rate search run) or "final"
+(a seed of the chosen setting); config_hash is the SHA-256 of the canonical config JSON, so a
+re-run of the same grid finds its finished runs.
     metrics(run_id TEXT, epoch INTEGER, train_loss REAL, train_accuracy REAL, val_loss REAL,
             val_accuracy REAL, lr REAL, weight_l1 REAL, weight_l2 REAL, zero_fraction REAL,
             seconds REAL, samples_per_second REAL, PRIMARY KEY (run_id, epoch))
@@ -29,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import difflib
+import hashlib
 import io
 import json
 import math
@@ -43,7 +50,7 @@ import torch
 
 from regopt.errors import CheckpointError, UserError
 
-__all__ = ["RunStore", "RunNotFoundError", "METRIC_COLUMNS", "STATUSES", "atomic_write"]
+__all__ = ["RunStore", "RunNotFoundError", "METRIC_COLUMNS", "STATUSES", "atomic_write", "config_hash"]
 
 METRIC_COLUMNS = (
     "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
@@ -65,8 +72,14 @@ CREATE TABLE IF NOT EXISTS runs (
     dataset   TEXT NOT NULL,
     optimizer TEXT NOT NULL,
     config    TEXT NOT NULL,
-    summary   TEXT
+    summary   TEXT,
+    experiment TEXT,
+    cell      TEXT,
+    phase     TEXT,
+    config_hash TEXT
 );
+CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs (experiment, phase);
+CREATE INDEX IF NOT EXISTS runs_by_config_hash ON runs (config_hash);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
     epoch  INTEGER NOT NULL,
@@ -93,11 +106,14 @@ class RunStore:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def create_run(self, config: Mapping[str, Any], run_id: str | None = None) -> str:
+    def create_run(self, config: Mapping[str, Any], run_id: str | None = None,
+                   experiment: str | None = None, cell: str | None = None,
+                   phase: str | None = None) -> str:
         """Insert a run with status "running" and make its folder; return its id.
 
         `config` is the resolved config as a dict (RunConfig.to_dict()). Without `run_id` a
         readable unique id is made: "<dataset>-<optimizer>-<YYYYmmdd-HHMMSS>-<4 hex>".
+        experiment, cell and phase tag runs made by `compare` and `claims` (see the schema).
         """
         config = dict(config)
         now = _now()
@@ -108,10 +124,12 @@ class RunStore:
                     with db:
                         db.execute(
                             "INSERT INTO runs (run_id, created, updated, status, dataset, optimizer,"
-                            " config) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                            " config, experiment, cell, phase, config_hash)"
+                            " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                             (candidate, now.isoformat(timespec="seconds"),
                              now.isoformat(timespec="seconds"), str(config.get("dataset", "")),
-                             str(config.get("optimizer", "")), _to_json(config)),
+                             str(config.get("optimizer", "")), _to_json(config),
+                             experiment, cell, phase, config_hash(config)),
                         )
                     break
                 except sqlite3.IntegrityError:
@@ -153,14 +171,29 @@ class RunStore:
             raise self._not_found(run_id)
         return _run_row(row)
 
-    def list_runs(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Every run (or those with `status`), oldest first."""
+    def list_runs(self, status: str | None = None, experiment: str | None = None,
+                  cell: str | None = None, phase: str | None = None,
+                  config_hash: str | None = None) -> list[dict[str, Any]]:
+        """Every run matching the given fields (all runs when none is given), oldest first."""
+        filters = {"status": status, "experiment": experiment, "cell": cell, "phase": phase,
+                   "config_hash": config_hash}
+        given = {column: value for column, value in filters.items() if value is not None}
+        where = " AND ".join(f"{column} = ?" for column in given)
         with self._connect(missing_ok=True) as db:
             if db is None:
                 return []
-            where, values = ("WHERE status = ?", (status,)) if status else ("", ())
-            rows = db.execute(f"{_SELECT_RUNS} {where} ORDER BY created, run_id", values).fetchall()
+            rows = db.execute(f"{_SELECT_RUNS} {'WHERE ' + where if where else ''}"
+                              " ORDER BY created, run_id", tuple(given.values())).fetchall()
         return [_run_row(row) for row in rows]
+
+    def experiments(self) -> list[str]:
+        """The names of the experiments (compare grids, claims runs) in the store, oldest first."""
+        with self._connect(missing_ok=True) as db:
+            if db is None:
+                return []
+            rows = db.execute("SELECT experiment FROM runs WHERE experiment IS NOT NULL"
+                              " GROUP BY experiment ORDER BY MIN(created), experiment").fetchall()
+        return [row[0] for row in rows]
 
     def run_ids(self) -> list[str]:
         return [run["run_id"] for run in self.list_runs()]
@@ -237,6 +270,16 @@ class RunStore:
         atomic_write(path, lambda file: torch.save(dict(state_dict), file))
         return path
 
+    def load_model(self, run_id: str) -> dict[str, torch.Tensor]:
+        """The final weights of a finished run (torch.load(weights_only=True))."""
+        path = self.run_dir(run_id) / MODEL_NAME
+        if not path.is_file():
+            raise CheckpointError(f"run {run_id!r} has no final weights ({path} is missing)")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"weights {path} are corrupt: {_first_line(error)}") from None
+
     # -- internals ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -310,17 +353,26 @@ def _now() -> _dt.datetime:
 
 _SELECT_RUNS = (
     "SELECT run_id, created, updated, status, dataset, optimizer, config, summary,"
+    " experiment, cell, phase, config_hash,"
     " (SELECT COUNT(*) FROM metrics WHERE metrics.run_id = runs.run_id) FROM runs"
 )
 
 
 def _run_row(row: tuple) -> dict[str, Any]:
-    run_id, created, updated, status, dataset, optimizer, config, summary, epochs_logged = row
+    (run_id, created, updated, status, dataset, optimizer, config, summary,
+     experiment, cell, phase, hashed, epochs_logged) = row
     return {
         "run_id": run_id, "created": created, "updated": updated, "status": status,
         "dataset": dataset, "optimizer": optimizer, "config": json.loads(config),
-        "summary": json.loads(summary) if summary else None, "epochs_logged": epochs_logged,
+        "summary": json.loads(summary) if summary else None, "experiment": experiment,
+        "cell": cell, "phase": phase, "config_hash": hashed, "epochs_logged": epochs_logged,
     }
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 of the config's canonical JSON (sorted keys): equal configs, equal hashes."""
+    canonical = json.dumps(_json_safe(dict(config)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _finite_or_none(value: Any) -> float | None:
