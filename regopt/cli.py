@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
+import importlib.util
 import json
 import sys
 from typing import Any, Sequence
@@ -62,6 +64,11 @@ CONFIG_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+# Each module defines add_command(commands): it adds its subparser (built with add_out and the
+# shared flags here) and sets `handler` to a function(args) -> exit status.
+LAB_COMMANDS = ("regopt.lab.compare", "regopt.lab.report", "regopt.lab.claims")
+
+
 class _UsageError(UserError):
     """A command-line usage error (argparse's)."""
 
@@ -99,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(flag, help=text, default=None, **extra)
     train.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys (flags override it)")
     train.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last checkpoint")
-    _add_out(train)
+    add_out(train)
     output = train.add_mutually_exclusive_group()
     output.add_argument("--quiet", action="store_true", help="no progress; print one line at the end")
     output.add_argument("--json", action="store_true", help="print only the summary as JSON")
@@ -108,18 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser("runs", help="list or show stored runs")
     runs_commands = runs.add_subparsers(dest="runs_command", required=True, metavar="COMMAND")
     listing = runs_commands.add_parser("list", help="a table of the runs")
-    _add_out(listing)
+    add_out(listing)
     listing.add_argument("--json", action="store_true", help="print the runs as JSON")
     listing.set_defaults(handler=runs_list_command)
     show = runs_commands.add_parser("show", help="one run: config, summary, metrics per epoch")
     show.add_argument("run_id", metavar="RUN_ID")
-    _add_out(show)
+    add_out(show)
     show.add_argument("--json", action="store_true", help="print the run and its metrics as JSON")
     show.set_defaults(handler=runs_show_command)
+
+    for module_name in LAB_COMMANDS:  # compare, report, claims: each registers its own command
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).add_command(commands)
     return parser
 
 
-def _add_out(parser: argparse.ArgumentParser) -> None:
+def add_out(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default="runs", help="the runs folder (default ./runs)")
 
 

@@ -194,3 +194,20 @@ def test_final_weights_round_trip(tmp_path):
     weights = {"layers.0.weight": torch.randn(3, 2)}
     store.save_model(run_id, weights)
     assert torch.equal(store.load_model(run_id)["layers.0.weight"], weights["layers.0.weight"])
+
+
+def test_store_made_before_the_tag_columns_gains_them(tmp_path):
+    db = sqlite3.connect(tmp_path / "regopt.db")
+    db.executescript("CREATE TABLE runs (run_id TEXT PRIMARY KEY, created TEXT NOT NULL,"
+                     " updated TEXT NOT NULL, status TEXT NOT NULL, dataset TEXT NOT NULL,"
+                     " optimizer TEXT NOT NULL, config TEXT NOT NULL, summary TEXT);"
+                     "INSERT INTO runs VALUES ('old', 't', 't', 'finished', 'digits', 'adam', '{}', NULL);")
+    db.close()
+    runs = RunStore(tmp_path).list_runs()
+    assert [r["run_id"] for r in runs] == ["old"] and runs[0]["experiment"] is None
+
+
+def test_a_file_that_is_not_a_database_is_a_user_error(tmp_path):
+    (tmp_path / "regopt.db").write_bytes(b"not a database at all, just text" * 64)
+    with pytest.raises(UserError, match="is unreadable"):
+        RunStore(tmp_path).list_runs()

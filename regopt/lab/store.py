@@ -298,7 +298,10 @@ class RunStore:
             if create:
                 db.execute("PRAGMA journal_mode = WAL")  # persistent: stored in the database file
                 db.executescript(_SCHEMA)
+            _add_missing_columns(db)
             yield db
+        except sqlite3.DatabaseError as error:
+            raise UserError(f"run store {self.db_path} is unreadable: {error}") from None
         finally:
             db.close()
 
@@ -333,6 +336,20 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+# Columns added after the first release of the schema: a store made before them gains them on open.
+_LATER_COLUMNS = ("experiment", "cell", "phase", "config_hash")
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if not present:
+        return
+    with db:
+        for column in _LATER_COLUMNS:
+            if column not in present:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
