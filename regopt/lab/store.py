@@ -346,10 +346,12 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
     if not present:
         return
-    with db:
-        for column in _LATER_COLUMNS:
-            if column not in present:
+    missing = [column for column in _LATER_COLUMNS if column not in present]
+    if missing:
+        with db:
+            for column in missing:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+        db.executescript(_SCHEMA)  # the indexes on the new columns
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
