@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, text, extra in CONFIG_FLAGS:
         train.add_argument(flag, help=text, default=None, **extra)
     train.add_argument("--config", metavar="FILE.toml", help="TOML file of config keys (flags override it)")
+    train.add_argument("--preset", metavar="NAME", help="a named starting point: classic (the default) "
+                       "or fast (batch 512, batchnorm, one-cycle lr 5e-3, 5 epochs); the file and "
+                       "flags override it")
     train.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last checkpoint")
     add_out(train)
     output = train.add_mutually_exclusive_group()
@@ -172,7 +175,7 @@ def train_command(args: argparse.Namespace) -> int:
         stored = store.get_run(args.resume)["config"]  # RunNotFoundError for an unknown id
         config = RunConfig.from_sources(args.config, overrides, base=stored)
     else:
-        config = RunConfig.from_sources(args.config, overrides)
+        config = RunConfig.from_sources(args.config, overrides, preset=args.preset)
 
     progress = None if (args.quiet or args.json) else EpochProgress(_console(stderr=True))
     try:

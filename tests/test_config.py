@@ -139,3 +139,20 @@ def test_config_is_immutable_and_replace_validates():
     assert config.replace(lr=0.1).lr == 0.1
     with pytest.raises(ConfigError, match="lr must be > 0"):
         config.replace(lr=-0.1)
+
+
+def test_presets_apply_before_file_and_flags(tmp_path):
+    from regopt.lab.config import PRESETS
+    fast = RunConfig.from_sources(preset="fast")
+    assert fast.batch_size == PRESETS["fast"]["batch_size"] and fast.schedule == "onecycle"
+    assert fast.batchnorm is True
+    toml = tmp_path / "run.toml"
+    toml.write_text("epochs = 2\n")
+    overridden = RunConfig.from_sources(toml, {"lr": "0.01"}, preset="fast")
+    assert (overridden.epochs, overridden.lr, overridden.batch_size) == (2, 0.01, 512)
+    assert RunConfig.from_sources(preset="classic") == RunConfig()
+
+
+def test_unknown_preset_suggests_a_close_name():
+    with pytest.raises(ConfigError, match="unknown preset 'fsat' \\(did you mean 'fast'\\?\\)"):
+        RunConfig.from_sources(preset="fsat")
