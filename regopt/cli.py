@@ -75,26 +75,39 @@ class _UsageError(UserError):
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but errors are raised (one line, exit 2 in main) instead of printing usage,
-    and an unknown flag gets a "did you mean" from every flag of every command."""
+    abbreviated flags are refused (``--epoch`` is not ``--epochs``), and an unknown flag gets a
+    "did you mean" from the flags of the command it was given to."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        prefix = "unrecognized arguments: "
-        if message.startswith(prefix):
-            unknown = next((word for word in message[len(prefix):].split() if word.startswith("--")), None)
-            close = difflib.get_close_matches(unknown.split("=")[0], _all_flags(self), n=1) if unknown else []
-            if close:
-                message += f" (did you mean {close[0]}?)"
         raise _UsageError(message)
 
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)}"
+            flag = next((word.split("=")[0] for word in unknown if word.startswith("--")), None)
+            close = difflib.get_close_matches(flag, _flags(_command_parser(self, parsed)), n=1) if flag else []
+            raise _UsageError(message + (f" (did you mean {close[0]}?)" if close else ""))
+        return parsed
 
-def _all_flags(parser: argparse.ArgumentParser) -> list[str]:
-    """The long flags of `parser` and of all its subcommands."""
-    flags = [option for option in parser._option_string_actions if option.startswith("--")]
+
+def _command_parser(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that `parsed` went through: e.g. the one of `regopt runs show`."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for subparser in action.choices.values():
-                flags += _all_flags(subparser)
-    return sorted(set(flags))
+            chosen = getattr(parsed, action.dest, None)
+            if chosen in action.choices:
+                return _command_parser(action.choices[chosen], parsed)
+    return parser
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    """The long flags of one parser."""
+    return sorted(option for option in parser._option_string_actions if option.startswith("--"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,6 +81,8 @@ BAD_INPUT = {
     "dropout out of range": (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
     "bad batch size": (["--batch-size", "half"], "batch_size must be an integer >= 1 or 'full'"),
     "unknown flag": (["--epochz", "3"], "did you mean --epochs?"),
+    "abbreviated flag": (["--epoch", "3"], "unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
+    "flag of another command": (["--dset", "x"], "(did you mean --dataset?)"),
     "missing data folder": (["--dataset", "fashion-mnist", "--data-dir", "no-such-folder"],
                             "data folder no-such-folder does not exist"),
     "corrupt IDX": (["--dataset", "mnist", "--data-dir", "corrupt"], "train-images-idx3-ubyte"),
