@@ -18,6 +18,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -167,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `regopt runs list | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _print_error(message: str) -> None:

@@ -355,8 +355,7 @@ def _abandon_stale_runs(plans: list[Plan], store: RunStore) -> None:
 @contextlib.contextmanager
 def _exclusive(store: RunStore) -> Iterator[None]:
     store.root.mkdir(parents=True, exist_ok=True)
-    with store._connect(create=True):  # make the database once, before any worker writes to it
-        pass
+    store.init()  # make the database once, before any worker writes to it
     path = store.root / LOCK_NAME
     with open(path, "a") as lock:
         try:

@@ -104,6 +104,12 @@ class RunStore:
         self.root = Path(root)
         self.db_path = self.root / DATABASE_NAME
 
+    def init(self) -> None:
+        """Create the folder and the database now (the first create_run would do it anyway);
+        for callers that start several writer processes at once."""
+        with self._connect(create=True):
+            pass
+
     # -- runs ---------------------------------------------------------------------------------
 
     def create_run(self, config: Mapping[str, Any], run_id: str | None = None,
