@@ -32,7 +32,7 @@ EXIT_INTERRUPTED = 130
 # (flag, help, extra argparse arguments); the config key is the flag without "--", "-" -> "_".
 _BOOL = {"action": argparse.BooleanOptionalAction}
 CONFIG_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--dataset", "digits (default), fashion-mnist, mnist or synthetic", {"metavar": "NAME"}),
+    ("--dataset", "digits (default), fashion-mnist, mnist, synthetic or rare-features", {"metavar": "NAME"}),
     ("--data-dir", "folder with the IDX files (fashion-mnist, mnist)", {"metavar": "DIR"}),
     ("--split-seed", "seed of the train/validation/test split (default 0)", {"metavar": "N"}),
     ("--optimizer", "sgd, adagrad, rmsprop, adam (default), adamw, lars or lamb", {"metavar": "NAME"}),

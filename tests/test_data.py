@@ -241,7 +241,7 @@ def test_unknown_data_set_suggests_a_name():
     message = r"unknown data set 'fashion_mnst'; did you mean 'fashion-mnist'\?"
     with pytest.raises(DataError, match=message):
         load_dataset("fashion_mnst")
-    assert set(DATASETS) == {"digits", "fashion-mnist", "mnist", "synthetic"}
+    assert set(DATASETS) == {"digits", "fashion-mnist", "mnist", "synthetic", "rare-features"}
 
 
 def test_split_and_dataset_move_to_a_device():

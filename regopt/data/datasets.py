@@ -10,6 +10,10 @@
                    required.
     synthetic      2,000 samples, 20 features, 4 classes of Gaussian blobs (fixed seed), min-max
                    scaled to [0, 1]; stratified 60/20/20. Small and learnable: for tests.
+    rare-features  6,000 bag-of-features examples: 20 common binary features (each in 30% of the
+                   examples) and 400 rare ones (one per example, so each is in 0.25% of them); the
+                   label depends mostly on the rare feature (see load_rare_features). An
+                   embedding-like task with sparse gradients (`regopt claims`, claim 6).
 
 Every split's `x` is a float32 tensor [N, D] in [0, 1] and `y` an int64 tensor [N] of labels in
 [0, num_classes). `split_seed` chooses the split only; the same seed gives the same split.
@@ -40,6 +44,10 @@ IDX_FILES = {
 MNIST_VALIDATION_FRACTION = 5_000 / 60_000  # 55,000 / 5,000 for the official 60,000 images
 SYNTHETIC_SHAPE = (2_000, 20, 4)  # samples, features, classes
 SYNTHETIC_SEED = 20240601  # fixes the synthetic data itself; split_seed only chooses the split
+# rare-features: samples, common features, rare features, classes; how often a common feature is on
+RARE_FEATURES_SHAPE = (6_000, 20, 400, 4)
+RARE_FEATURES_COMMON_RATE = 0.3
+RARE_FEATURES_SEED = 20240607
 
 
 @dataclass
@@ -119,6 +127,31 @@ def load_synthetic_dataset(data_dir: Path | None = None, split_seed: int = 0) ->
     return _stratified_dataset("synthetic", x.astype(np.float32), y, classes, split_seed)
 
 
+def load_rare_features(data_dir: Path | None = None, split_seed: int = 0) -> Dataset:
+    """Rare features (the setting of Duchi, Hazan & Singer, 2011, for Adagrad): binary features,
+    most of them rare, each with its own class signal, as in an embedding of rare tokens.
+
+    Example i has common features c_i in {0,1}^20 (each on with probability 0.3) and exactly one
+    rare feature r_i, uniform over 400 (one-hot, so each rare feature is in ~15 examples, ~9 of
+    them in training). Rare feature r has a class k_r (balanced over the classes); the common
+    features have class weights A ~ N(0, 1)^[20, 4]. The label is
+    y_i = argmax_c (0.5 * c_i @ A + 3 * onehot(k_r_i))_c, which is k_r_i for ~91% of the examples:
+    a model must learn every rare feature's class from its few examples. Every example holds a
+    rare feature, so test accuracy is the accuracy on examples with rare features. The data is the
+    same on every call (RARE_FEATURES_SEED); `split_seed` only chooses the stratified 60/20/20 split.
+    """
+    samples, common, rare, classes = RARE_FEATURES_SHAPE
+    rng = np.random.default_rng(RARE_FEATURES_SEED)
+    common_on = rng.random((samples, common)) < RARE_FEATURES_COMMON_RATE
+    rare_index = rng.integers(0, rare, samples)
+    rare_class = rng.permutation(np.arange(rare) % classes)
+    common_weights = rng.normal(0.0, 1.0, size=(common, classes))
+    scores = 0.5 * common_on @ common_weights + 3.0 * np.eye(classes)[rare_class[rare_index]]
+    x = np.concatenate([common_on, np.eye(rare, dtype=bool)[rare_index]], axis=1)
+    return _stratified_dataset("rare-features", x.astype(np.float32), scores.argmax(axis=1),
+                               classes, split_seed)
+
+
 def load_fashion_mnist(data_dir: Path | None = None, split_seed: int = 0) -> Dataset:
     """Fashion-MNIST from the four IDX files in `data_dir` (default DEFAULT_FASHION_MNIST_DIR)."""
     return load_mnist_format("fashion-mnist", data_dir or DEFAULT_FASHION_MNIST_DIR, split_seed)
@@ -169,6 +202,7 @@ DATASETS: dict[str, Callable[[Path | None, int], Dataset]] = {
     "fashion-mnist": load_fashion_mnist,
     "mnist": load_mnist,
     "synthetic": load_synthetic_dataset,
+    "rare-features": load_rare_features,
 }
 
 
