@@ -48,7 +48,8 @@ REGULARIZATION_DEFAULTS = {
 }
 
 # torch.optim's implementation switches: accepted for drop-in compatibility, kept in the groups.
-UNSUPPORTED_SWITCHES = ("differentiable", "capturable", "fused")
+# ``fused=True`` selects regopt's fast path (regopt.optim.fast) on every optimizer.
+UNSUPPORTED_SWITCHES = ("differentiable", "capturable")
 
 
 def check_argument(name: str, value: Any, ok: bool, requirement: str) -> None:
@@ -104,6 +105,8 @@ class RegularizedOptimizer(torch.optim.Optimizer):
         for switch in UNSUPPORTED_SWITCHES:
             check_argument(switch, defaults.get(switch), not defaults.get(switch),
                            f"{type(self).__name__} does not support {switch}=True")
+        check_argument("fused", defaults.get("fused"), defaults.get("fused") in (None, True, False),
+                       "must be True, False or None")
         check_nonnegative("lr", defaults["lr"])
         defaults = {**REGULARIZATION_DEFAULTS, **defaults}
         super().__init__(params, defaults)
@@ -143,10 +146,17 @@ class RegularizedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if group.get("fused") and self._step_group_fast(group):
+                continue
             params, grads = self._gather(group)
             if params:
                 self._step_group(group, params, grads)
         return loss
+
+    def _step_group_fast(self, group: dict[str, Any]) -> bool:
+        """The same step on the fast path (regopt.optim.fast); False: take the reference path."""
+        from . import fast
+        return fast.step_group(self, group)
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Stage 1: the parameters with a gradient, and their gradients (sign flipped if maximize)."""

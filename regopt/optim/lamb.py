@@ -34,14 +34,15 @@ class LAMB(RegularizedOptimizer):
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, exclude_1d: bool = True, *,
-                 maximize: bool = False, decoupled_weight_decay: bool = False,
-                 decay_scaled_by_lr: bool = True, l1: float = 0.0) -> None:
+                 maximize: bool = False, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False, decay_scaled_by_lr: bool = True,
+                 l1: float = 0.0) -> None:
         check_betas(betas)
         check_positive("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
         check_nonnegative("l1", l1)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        exclude_1d=exclude_1d, maximize=maximize,
+                        exclude_1d=exclude_1d, maximize=maximize, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay,
                         decay_scaled_by_lr=decay_scaled_by_lr, l1=l1)
         super().__init__(params, defaults)

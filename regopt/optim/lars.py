@@ -31,7 +31,7 @@ class LARS(RegularizedOptimizer):
 
     def __init__(self, params: Any, lr: float = 1.0, momentum: float = 0.9,
                  weight_decay: float = 0.0, trust_coefficient: float = 1e-3, eps: float = 1e-8,
-                 exclude_1d: bool = True, *, maximize: bool = False,
+                 exclude_1d: bool = True, *, maximize: bool = False, fused: bool | None = None,
                  decoupled_weight_decay: bool = False, decay_scaled_by_lr: bool = True,
                  l1: float = 0.0) -> None:
         check_nonnegative("momentum", momentum)
@@ -41,7 +41,8 @@ class LARS(RegularizedOptimizer):
         check_nonnegative("l1", l1)
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d,
-                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
+                        maximize=maximize, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay,
                         decay_scaled_by_lr=decay_scaled_by_lr, l1=l1)
         super().__init__(params, defaults)
 

@@ -32,7 +32,8 @@ class RMSprop(RegularizedOptimizer):
     def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0, momentum: float = 0, centered: bool = False,
                  capturable: bool = False, foreach: bool | None = None, maximize: bool = False,
-                 differentiable: bool = False, *, decoupled_weight_decay: bool = False,
+                 differentiable: bool = False, *, fused: bool | None = None,
+                 decoupled_weight_decay: bool = False,
                  decay_scaled_by_lr: bool = True, l1: float = 0.0) -> None:
         check_unit_interval("alpha", alpha)
         check_positive("eps", eps)
@@ -41,7 +42,7 @@ class RMSprop(RegularizedOptimizer):
         check_nonnegative("l1", l1)
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, capturable=capturable, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable,
+                        maximize=maximize, differentiable=differentiable, fused=fused,
                         decoupled_weight_decay=decoupled_weight_decay,
                         decay_scaled_by_lr=decay_scaled_by_lr, l1=l1)
         super().__init__(params, defaults)

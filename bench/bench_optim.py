@@ -1,0 +1,445 @@
+"""Optimizer step time: regopt's reference and fast paths against torch.optim, side by side.
+
+For each rule (SGD, momentum, Nesterov, Adagrad, RMSprop, Adam, AMSGrad, AdamW, LARS, LAMB) and
+each set of parameter shapes, it builds one copy of the parameters, gradients and optimizer per
+variant:
+
+- regopt reference: the readable foreach path (the default);
+- regopt fast: ``fused=True`` (regopt.optim.fast), and where the fast path hands the step to one of
+  torch's fused kernels, also the compiled loop alone ("compiled only"), to show why it does;
+- torch: torch.optim's fastest CPU variant of the same rule: ``fused=True`` where torch has it
+  (SGD, Adagrad, Adam, AdamW), else the faster of the for-loop and ``foreach`` (RMSprop); torch has
+  no LARS or LAMB.
+
+Variants step in turn, one timed step each per round, so that a noisy machine slows them alike;
+tables give medians. Each timed step follows an untimed step of the same variant (warm caches,
+as when stepping in a loop), or with ``--cold`` a flush of the caches (as in training, where
+forward and backward passes run between steps). The same run measures the machine's in-place
+bandwidth (``x.add_(1)`` on a large tensor: 8 bytes moved per element) and, per rule, the bound:
+the minimum bytes a step must move per parameter (Adam reads p, g, m, v and writes p, m, v: 28
+bytes in float32) at that bandwidth. Gradients stay in place between steps, as after a backward
+pass; the fast path still copies the gradients of its packed small tensors every step, so that is
+timed.
+
+Also: the regularized step (Adam + decoupled decay + prox L1 + global-norm clipping) against the
+same composition in torch (clip_grad_norm_, fused AdamW, then a soft-threshold pass
+``softshrink(p, out=p)``, the cheapest torch offers), and optimizer state bytes per parameter
+against the minimum of each rule.
+
+    python bench/bench_optim.py --quick                         # a smoke run, smaller sizes
+    python bench/bench_optim.py --repeats 15 --markdown BENCHMARKS.md
+    python bench/bench_optim.py --sizes mlp 1x25M --rules adam lamb
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+import regopt.optim as ro
+from regopt.optim import fast
+
+MLP_SHAPES = [(256, 784), (256,), (128, 256), (128,), (10, 128), (10,)]
+FULL_SIZES = ["mlp", "100x250k", "1x25M"]
+QUICK_SIZES = ["mlp", "10x250k", "1x2.5M"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One update rule: regopt's class and options, torch's counterpart, and the minimum traffic."""
+
+    regopt: type
+    options: dict[str, Any]
+    torch_cls: type | None
+    torch_options: dict[str, Any]
+    bytes_per_param: int        # minimum bytes moved per parameter per step (float32)
+    state_per_param: int        # minimum optimizer state bytes per parameter (float32)
+    traffic: str                # what the minimum counts
+
+
+RULES = {
+    "sgd": Rule(ro.SGD, dict(lr=1e-3), torch.optim.SGD, dict(lr=1e-3), 12, 0,
+                "read p, g; write p"),
+    "momentum": Rule(ro.SGD, dict(lr=1e-3, momentum=0.9), torch.optim.SGD,
+                     dict(lr=1e-3, momentum=0.9), 20, 4, "read p, g, b; write p, b"),
+    "nesterov": Rule(ro.SGD, dict(lr=1e-3, momentum=0.9, nesterov=True), torch.optim.SGD,
+                     dict(lr=1e-3, momentum=0.9, nesterov=True), 20, 4, "read p, g, b; write p, b"),
+    "adagrad": Rule(ro.Adagrad, dict(lr=1e-2), torch.optim.Adagrad, dict(lr=1e-2), 20, 4,
+                    "read p, g, s; write p, s"),
+    "rmsprop": Rule(ro.RMSprop, dict(lr=1e-3), torch.optim.RMSprop, dict(lr=1e-3), 20, 4,
+                    "read p, g, v; write p, v"),
+    "adam": Rule(ro.Adam, dict(lr=1e-3), torch.optim.Adam, dict(lr=1e-3), 28, 8,
+                 "read p, g, m, v; write p, m, v"),
+    "amsgrad": Rule(ro.Adam, dict(lr=1e-3, amsgrad=True), torch.optim.Adam,
+                    dict(lr=1e-3, amsgrad=True), 36, 12, "Adam + read, write v_max"),
+    "adamw": Rule(ro.AdamW, dict(lr=1e-3), torch.optim.AdamW, dict(lr=1e-3), 28, 8,
+                  "read p, g, m, v; write p, m, v"),
+    "lars": Rule(ro.LARS, dict(lr=0.1, weight_decay=1e-4), None, {}, 28, 4,
+                 "norms: read p, g; update: read p, g, v, write p, v"),
+    "lamb": Rule(ro.LAMB, dict(lr=1e-3, weight_decay=1e-2), None, {}, 40, 8,
+                 "read p, g, m, v, write m, v (norms); read p, m, v, write p"),
+}
+TORCH_FUSED = {torch.optim.SGD, torch.optim.Adagrad, torch.optim.Adam, torch.optim.AdamW}
+
+
+# -- parameter sets --------------------------------------------------------------------------------
+
+def parse_count(text: str) -> int:
+    """'250k' -> 250000, '2.5M' -> 2500000."""
+    match = re.fullmatch(r"([0-9.]+)([kKmM]?)", text)
+    if not match:
+        raise SystemExit(f"bad size {text!r}: use mlp or COUNTxNUMEL, e.g. 100x250k")
+    scale = {"": 1, "k": 10**3, "K": 10**3, "m": 10**6, "M": 10**6}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def shapes_of(size: str) -> list[tuple[int, ...]]:
+    """'mlp' -> the classic MLP's shapes; 'NxM' -> N matrices of M elements (500 columns)."""
+    if size == "mlp":
+        return MLP_SHAPES
+    count, _, numel = size.partition("x")
+    n, m = parse_count(count), parse_count(numel)
+    shape = (m // 500, 500) if m % 500 == 0 and m >= 1000 else (m,)
+    return [shape] * n
+
+
+def make_params(shapes, device: torch.device, seed: int = 0) -> list[torch.nn.Parameter]:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=generator).mul_(0.05).to(device))
+        p.grad = torch.randn(shape, generator=generator).mul_(1e-3).to(device)
+        params.append(p)
+    return params
+
+
+# -- timing ----------------------------------------------------------------------------------------
+
+@dataclass
+class Variant:
+    name: str
+    step: Callable[[], Any]
+    optimizer: Any = None
+    prepare: Callable[[], Any] | None = None      # untimed, before each step
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+CACHE = {"cold": False, "flush": None}
+"""cold: flush the caches before each timed step (a training loop's forward and backward passes
+evict the optimizer's tensors between steps); warm (default): one untimed step of the same variant
+right before each timed one, so that no variant pays for the one stepped before it."""
+
+
+def before_timed_step(variant: Variant) -> None:
+    if CACHE["cold"]:
+        CACHE["flush"].add_(1.0)
+    else:
+        if variant.prepare is not None:
+            variant.prepare()
+        variant.step()
+    if variant.prepare is not None:
+        variant.prepare()
+
+
+def race(variants: list[Variant], repeats: int, device: torch.device, warmup: int = 3) -> None:
+    """Step every variant once per round, ``repeats`` rounds after ``warmup``; record each time.
+
+    Interleaving makes a noisy machine (other processes, frequency changes) slow all variants
+    alike, which back-to-back blocks of steps do not."""
+    for variant in variants:
+        for _ in range(warmup):
+            if variant.prepare is not None:
+                variant.prepare()
+            variant.step()
+    for _ in range(repeats):
+        for variant in variants:
+            before_timed_step(variant)
+            synchronize(device)
+            started = time.perf_counter()
+            variant.step()
+            synchronize(device)
+            variant.times.append(time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def compiled_only():
+    """Build the fast path's plans with torch's kernels off (plans are chosen on the first step)."""
+    saved = fast.USE_TORCH_KERNELS
+    fast.USE_TORCH_KERNELS = False
+    try:
+        yield
+    finally:
+        fast.USE_TORCH_KERNELS = saved
+
+
+def regopt_variants(rule: Rule, shapes, device) -> list[Variant]:
+    variants = []
+    reference = rule.regopt(make_params(shapes, device), **rule.options)
+    variants.append(Variant("regopt reference", reference.step, reference))
+    fast_optimizer = rule.regopt(make_params(shapes, device), fused=True, **rule.options)
+    fast_optimizer.step()                                   # choose the plan, compile
+    variants.append(Variant("regopt fast", fast_optimizer.step, fast_optimizer))
+    if "torch" in fast.engines(fast_optimizer):
+        compiled = rule.regopt(make_params(shapes, device), fused=True, **rule.options)
+        with compiled_only():
+            compiled.step()
+        variants.append(Variant("regopt compiled", compiled.step, compiled))
+    return variants
+
+
+def torch_variants(rule: Rule, shapes, device, repeats: int) -> list[Variant]:
+    """torch's fused variant where it has one; else its faster of for-loop and foreach."""
+    if rule.torch_cls is None:
+        return []
+    if rule.torch_cls in TORCH_FUSED:
+        optimizer = rule.torch_cls(make_params(shapes, device), fused=True, **rule.torch_options)
+        return [Variant("torch fused", optimizer.step, optimizer)]
+    candidates = []
+    for name, foreach in (("torch for-loop", False), ("torch foreach", True)):
+        optimizer = rule.torch_cls(make_params(shapes, device), foreach=foreach,
+                                   **rule.torch_options)
+        candidates.append(Variant(name, optimizer.step, optimizer))
+    race(candidates, max(3, repeats // 3), device)
+    best = min(candidates, key=lambda v: v.median)
+    best.times.clear()
+    return [best]
+
+
+def state_bytes(optimizer) -> int:
+    seen, total = set(), 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                key = (value.data_ptr(), value.nbytes)
+                if key not in seen:
+                    seen.add(key)
+                    total += value.nbytes
+    return total
+
+
+# -- the measurements ------------------------------------------------------------------------------
+
+def in_place_bandwidth(device: torch.device, megabytes: int, repeats: int) -> float:
+    """Bytes per second of x.add_(1) (reads and writes every element) on a large tensor."""
+    x = torch.zeros(megabytes * 2**20 // 4, device=device)
+    variant = Variant("add_", lambda: x.add_(1.0))
+    race([variant], repeats, device, warmup=3)
+    return 2 * x.nbytes / variant.median
+
+
+@dataclass
+class StepResult:
+    rule: str
+    size: str
+    numel: int
+    variants: list[Variant]
+    engine: str
+
+
+def bench_rule(name: str, size: str, device, repeats: int) -> StepResult:
+    rule, shapes = RULES[name], shapes_of(size)
+    variants = regopt_variants(rule, shapes, device) + torch_variants(rule, shapes, device, repeats)
+    race(variants, repeats, device)
+    engine = "/".join(sorted(set(fast.engines(variants[1].optimizer))))
+    numel = sum(math.prod(shape) for shape in shapes)
+    return StepResult(name, size, numel, variants, engine)
+
+
+def soft_threshold_(params, threshold: float) -> None:
+    for p in params:
+        torch._C._nn.softshrink(p, threshold, out=p)
+
+
+def bench_regularized(size: str, device, repeats: int) -> tuple[int, list[Variant]]:
+    """Adam + decoupled decay + prox L1 + global-norm clipping: regopt, and torch's composition."""
+    shapes = shapes_of(size)
+    lr, decay, l1 = 1e-3, 1e-2, 1e-4
+    grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in
+                                                      make_params(shapes, device)]))
+    max_norm = 0.5 * float(grad_norm)          # clipping active on every step
+    options = dict(lr=lr, weight_decay=decay, decoupled_weight_decay=True, l1=l1)
+
+    def fresh_gradients(params):
+        """Clipping scales .grad in place: restore it before each step, as a backward pass would."""
+        pristine = [p.grad.clone() for p in params]
+        return lambda: torch._foreach_copy_([p.grad for p in params], pristine)
+
+    variants = []
+    for name, fused in (("regopt reference", None), ("regopt fast", True)):
+        params = make_params(shapes, device)
+        optimizer = ro.Adam(params, fused=fused, **options)
+        variants.append(Variant(name, lambda o=optimizer: fast.clipped_step(o, max_norm),
+                                optimizer, fresh_gradients(params)))
+    params = make_params(shapes, device)
+    adamw = torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True)
+
+    def torch_step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        adamw.step()
+        with torch.no_grad():
+            soft_threshold_(params, lr * l1)
+    variants.append(Variant("torch clip + fused AdamW + softshrink", torch_step, adamw,
+                            fresh_gradients(params)))
+    race(variants, repeats, device)
+    return sum(math.prod(shape) for shape in shapes), variants
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+def fmt_time(seconds: float) -> str:
+    if seconds >= 1e-1:
+        return f"{seconds * 1e3:.0f} ms"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+def step_table(results: list[StepResult], bandwidth: float) -> list[str]:
+    lines = ["| params | rule | regopt reference | regopt fast (engine) | compiled only | "
+             "torch best (variant) | fast / torch | bound | fast / bound | fast GB/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        by_name = {v.name: v for v in r.variants}
+        reference, fast_v = by_name["regopt reference"], by_name["regopt fast"]
+        compiled = by_name.get("regopt compiled")
+        torch_v = next((v for v in r.variants if v.name.startswith("torch")), None)
+        traffic = RULES[r.rule].bytes_per_param * r.numel
+        bound = traffic / bandwidth
+        cells = [
+            r.size, r.rule, fmt_time(reference.median),
+            f"{fmt_time(fast_v.median)} ({r.engine})",
+            fmt_time(compiled.median) if compiled else "-",
+            f"{fmt_time(torch_v.median)} ({torch_v.name.removeprefix('torch ')})" if torch_v
+            else "none",
+            f"{fast_v.median / torch_v.median:.2f}x" if torch_v else "-",
+            fmt_time(bound), f"{fast_v.median / bound:.2f}x",
+            f"{traffic / fast_v.median / 1e9:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def regularized_table(rows: list[tuple[str, int, list[Variant]]], bandwidth: float) -> list[str]:
+    lines = ["| params | regopt reference | regopt fast | torch composition | fast / torch | "
+             "bound (32 B/param) | fast / bound |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for size, numel, variants in rows:
+        reference, fast_v, torch_v = variants
+        bound = 32 * numel / bandwidth
+        lines.append(f"| {size} | {fmt_time(reference.median)} | {fmt_time(fast_v.median)} | "
+                     f"{fmt_time(torch_v.median)} | {fast_v.median / torch_v.median:.2f}x | "
+                     f"{fmt_time(bound)} | {fast_v.median / bound:.2f}x |")
+    return lines
+
+
+def state_table(results: list[StepResult]) -> list[str]:
+    lines = ["| rule | minimum | regopt reference | regopt fast (+ packing workspace) | torch |",
+             "|---|---:|---:|---:|---:|"]
+    seen = set()
+    for r in results:
+        if r.rule in seen or r.size != results[0].size:
+            continue
+        seen.add(r.rule)
+        by_name = {v.name: v for v in r.variants}
+        per = lambda v: state_bytes(v.optimizer) / r.numel   # noqa: E731
+        fast_v = by_name["regopt fast"]
+        workspace = fast.workspace_bytes(fast_v.optimizer) / r.numel
+        torch_v = next((v for v in r.variants if v.name.startswith("torch")), None)
+        lines.append(f"| {r.rule} | {RULES[r.rule].state_per_param} | "
+                     f"{per(by_name['regopt reference']):.1f} | {per(fast_v):.1f} "
+                     f"(+{workspace:.2f}) | {per(torch_v) if torch_v else float('nan'):.1f} |")
+    return lines
+
+
+def write_markdown(path: str, section: list[str]) -> None:
+    """Replace this benchmark's section of the file (between its markers), or append it."""
+    start, end = "<!-- bench_optim:start -->", "<!-- bench_optim:end -->"
+    block = "\n".join([start, *section, end]) + "\n"
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        text = ""
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text + ("\n" if text and not text.endswith("\n\n") else "") + block
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--sizes", nargs="+", help=f"default {' '.join(FULL_SIZES)} "
+                        f"(--quick: {' '.join(QUICK_SIZES)}); 'mlp' or COUNTxNUMEL")
+    parser.add_argument("--rules", nargs="+", choices=list(RULES), default=list(RULES))
+    parser.add_argument("--repeats", type=int, help="timed steps per variant (default 15; "
+                        "--quick: 7)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: small sizes, few repeats")
+    parser.add_argument("--cold", action="store_true", help="flush the caches before each timed "
+                        "step, as forward and backward passes do in training (default: warm)")
+    parser.add_argument("--markdown", help="write the tables into this file (its own section)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    device = torch.device(args.device)
+    CACHE["cold"] = args.cold
+    CACHE["flush"] = torch.zeros(64 * 2**20 // 4, device=device)    # 64 MB, twice the L3 here
+    sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
+    repeats = args.repeats or (7 if args.quick else 15)
+
+    bandwidth = in_place_bandwidth(device, 64 if args.quick else 512, max(repeats, 5))
+    print(f"in-place bandwidth (x.add_(1)): {bandwidth / 1e9:.1f} GB/s", flush=True)
+    results = []
+    for size in sizes:
+        for name in args.rules:
+            results.append(bench_rule(name, size, device, repeats))
+            print("\n".join(step_table(results[-1:], bandwidth)[2:]), flush=True)
+    regularized = []
+    for size in sizes:
+        numel, variants = bench_regularized(size, device, repeats)
+        regularized.append((size, numel, variants))
+        print("\n".join(regularized_table(regularized[-1:], bandwidth)[2:]), flush=True)
+
+    section = [
+        "## Optimizer step (bench/bench_optim.py)", "",
+        f"{torch.__version__}, {args.device}, {torch.get_num_threads()} threads, medians of "
+        f"{repeats} interleaved {'cold' if args.cold else 'warm'} steps"
+        f"{' (--quick)' if args.quick else ''}. In-place bandwidth "
+        f"(x.add_(1)): {bandwidth / 1e9:.1f} GB/s. Bound: the rule's minimum bytes per parameter "
+        "at that bandwidth (sgd 12, momentum/nesterov/adagrad/rmsprop 20, adam/adamw 28, amsgrad "
+        "36, lars 28, lamb 40).", "",
+        *step_table(results, bandwidth), "",
+        "### Regularized step: Adam + decoupled decay + prox L1 + global-norm clipping", "",
+        "regopt: `fast.clipped_step(Adam(..., decoupled_weight_decay=True, l1=...))`; torch: "
+        "`clip_grad_norm_` + `AdamW(fused=True)` + `softshrink(p, out=p)`.", "",
+        *regularized_table(regularized, bandwidth), "",
+        "### Optimizer state, bytes per parameter", "",
+        *state_table(results), "",
+    ]
+    print("\n".join(section))
+    if args.markdown:
+        write_markdown(args.markdown, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

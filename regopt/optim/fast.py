@@ -1,0 +1,819 @@
+"""The fast path: one pass over memory per optimizer step, for every rule and every regularizer.
+
+Switch it on with ``fused=True`` on any regopt optimizer (or in one parameter group)::
+
+    optimizer = regopt.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2,
+                                  decoupled_weight_decay=True, l1=1e-5, fused=True)
+
+The reference path (``fused`` unset, the default) stays the readable ground truth; the tests hold
+the fast path to it within float tolerance, for every optimizer and regularizer option.
+
+Why it is fast (numbers from bench/bench_optim.py)
+--------------------------------------------------
+A reference step is a chain of ``torch._foreach_*`` calls: every stage (decay, each moment, the
+division, prox L1) reads and writes every tensor again, and several allocate temporaries. Here
+each rule is written once more as a function of plain tensors, the per-element formula of its
+docstring, and the regularization stages around it are written once, in :func:`regularized`.
+TorchInductor turns that function into one C++ loop that reads each parameter, gradient and state
+element once and writes it once. LARS and LAMB need a norm per tensor before they can update it;
+they take one more read pass, the minimum for those rules.
+
+- Compiling: the function is traced by ``make_fx`` over 1-D tensors of symbolic length and compiled
+  by ``torch._inductor.compile``, once per rule variant and dtype (never per model or tensor
+  shape), and cached on disk by Inductor's FX graph cache: a later process pays ~0.3 s per kernel
+  plus Inductor's start-up (~3 s, once). Calling the compiled function costs ~10 us; through
+  ``torch.compile`` (TorchDynamo's frame evaluation, guards and wrappers) it cost 25-35 us here,
+  as much as a whole fused Adam step of a small MLP. The learning rate, every hyperparameter and
+  the step-dependent bias corrections travel in a tensor ``s`` of scalars (in the parameters'
+  dtype, rounded as torch rounds a Python scalar for such tensors), so lr and weight-decay
+  schedules never recompile: no TorchDynamo, hence no guards, in the loop.
+- Layout: a tensor of at least ``SMALL_TENSOR`` elements is updated where it lives (the parameter,
+  its ``.grad`` and its state tensors, no copies). The smaller tensors of a group (biases, norm
+  weights, small layers) are packed into one flat chunk, so that they cost one kernel call
+  together: their state lives in flat buffers (``optimizer.state[p]`` holds views of them, with the
+  reference's keys and shapes, so ``state_dict()`` is unchanged) and their parameters and gradients
+  are copied in and out around the call, which is cheap at that size. Packing large tensors would
+  cost 8 more bytes per parameter per step for the gradient copy (an Adam step moves 28), more than
+  the call it saves. The step counts of a group are views of one tensor too.
+- torch's own fused kernels (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``,
+  ``_fused_adagrad_``) run the step where regopt's formula is exactly theirs (no ``l1``; decay
+  coupled, or decoupled and scaled by lr): on large tensors they are as fast as the compiled loop,
+  and on small models they cost less per call. ``USE_TORCH_KERNELS = False`` compiles those too.
+- Gradient clipping folds into the step: :func:`clipped_step` reads the gradients once for the
+  global norm and hands the clipping factor to the kernel, instead of writing scaled gradients.
+
+Where compilation is unavailable (no C++ compiler, a dtype other than float32 and float64, a group
+spread over devices), the fast path warns once per process and takes the reference path. A step
+whose gradients are sparse, not contiguous or of another dtype than their parameter takes the
+reference path for that group, silently (the reference path raises the proper error for sparse
+gradients).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .adagrad import Adagrad
+from .adam import Adam
+from .base import RegularizedOptimizer
+from .lamb import LAMB
+from .lars import LARS
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+__all__ = ["clipped_step", "engines", "compiled_kernels", "workspace_bytes", "SMALL_TENSOR",
+           "USE_TORCH_KERNELS"]
+
+SMALL_TENSOR = 16384
+"""Tensors with fewer elements than this are packed into one flat chunk per group."""
+
+USE_TORCH_KERNELS = True
+"""Use torch's fused kernels where their formula is exactly regopt's (see the module docstring)."""
+
+COMPILED_DTYPES = (torch.float32, torch.float64)
+
+# -- the scalars of one step: a tensor, so that no value is baked into the compiled code -------
+
+GRAD_FACTOR, COUPLED_DECAY, KEEP, THRESHOLD, LR = range(5)   # shared; each rule appends its own
+
+
+def regularization_scalars(optimizer: Any, group: dict[str, Any],
+                           grad_factor: float) -> list[float]:
+    """The scalars of the skeleton's stages (regopt.optim.base), then lr.
+
+    grad factor: -1 for maximize, times the gradient-clipping factor; coupled decay: lambda, or 0
+    for rules that apply weight decay themselves (LARS, LAMB) or when decay is decoupled; keep: 1
+    minus the decoupled decay rate; threshold: lr * l1, the prox-L1 step.
+    """
+    lr, decay = float(group["lr"]), group["weight_decay"]
+    decoupled = bool(decay) and group["decoupled_weight_decay"]
+    coupled = 0.0 if decoupled or optimizer.applies_weight_decay_itself else decay
+    keep = 1.0 - optimizer.decoupled_decay_rate(group) if decoupled else 1.0
+    sign = -1.0 if group.get("maximize", False) else 1.0
+    return [sign * grad_factor, coupled, keep, lr * group["l1"], lr]
+
+
+# -- the regularization stages, written once around every rule -------------------------------------
+
+def soft_threshold(theta: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """sign(theta) max(|theta| - t, 0), as theta - clamp(theta, -t, t), as the reference does."""
+    return theta - theta.clamp(-threshold, threshold)
+
+
+def regularized(rule: Callable[..., torch.Tensor], prox: bool) -> Callable[..., None]:
+    """A rule's per-element update inside the skeleton's stages, as one function of plain tensors.
+
+    g     <- factor g + lambda theta        (maximize, clipping, coupled L2)
+    theta <- keep theta                     (decoupled decay, from the weights before the update)
+    theta <- rule(theta, g, state)          (the rule; it writes its state in place)
+    theta <- soft_threshold(theta, lr l1)   (prox L1; compiled in only when l1 > 0: in cache the
+                                             clamp costs a third of an Adam step)
+    """
+    def kernel(p: torch.Tensor, g: torch.Tensor, *state_and_scalars: torch.Tensor) -> None:
+        *state, s = state_and_scalars
+        g = g * s[GRAD_FACTOR] + s[COUPLED_DECAY] * p
+        theta = rule(p * s[KEEP], g, state, s)
+        p.copy_(soft_threshold(theta, s[THRESHOLD]) if prox else theta)
+    kernel.__name__ = rule.__name__ + "_l1" * prox
+    return kernel
+
+
+# -- the rules, per element, with the symbols of each optimizer's docstring ------------------------
+
+def sgd(theta, g, state, s):
+    """theta - lr g."""
+    return theta - s[LR] * g
+
+
+def sgd_momentum(theta, g, state, s, nesterov=False):
+    """b = mu b + (1 - tau) g, with b_1 = g (the first step passes mu = 0 and 1 - tau = 1);
+    heavy ball: theta - lr b; Nesterov: theta - lr (g + mu b)."""
+    (b,) = state
+    mu_now, one_minus_tau_now, mu = s[5], s[6], s[7]
+    b_new = b * mu_now + one_minus_tau_now * g
+    b.copy_(b_new)
+    direction = g + mu * b_new if nesterov else b_new
+    return theta - s[LR] * direction
+
+
+def sgd_nesterov(theta, g, state, s):
+    return sgd_momentum(theta, g, state, s, nesterov=True)
+
+
+def adam_moments(g, m, v, s, v_max=None):
+    """m = b1 m + (1 - b1) g (torch's lerp), v = b2 v + (1 - b2) g^2, AMSGrad: v = max(v_max, v).
+
+    Returns m_t and sqrt(v_hat) + eps. Scalars: s[5] = 1 - b1, s[6] = b2, s[7] = 1 - b2,
+    s[9] = 1 / sqrt(1 - b2^t), s[10] = eps.
+    """
+    m_new = m + s[5] * (g - m)
+    v_new = v * s[6] + s[7] * (g * g)
+    m.copy_(m_new)
+    v.copy_(v_new)
+    if v_max is not None:
+        v_new = torch.maximum(v_max, v_new)
+        v_max.copy_(v_new)
+    return m_new, v_new.sqrt() * s[9] + s[10]
+
+
+def adam(theta, g, state, s):
+    """theta - lr m_hat / (sqrt(v_hat) + eps), m_hat = m_t / (1 - b1^t); s[8] = lr / (1 - b1^t)."""
+    m, v = state
+    m_new, denominator = adam_moments(g, m, v, s)
+    return theta - s[8] * (m_new / denominator)
+
+
+def amsgrad(theta, g, state, s):
+    m, v, v_max = state
+    m_new, denominator = adam_moments(g, m, v, s, v_max=v_max)
+    return theta - s[8] * (m_new / denominator)
+
+
+def adagrad(theta, g, state, s):
+    """s_t = s + g^2, theta - lr_t g / (sqrt(s_t) + eps), with s[5] = lr_t = lr / (1 + (t-1) d)."""
+    (total,) = state
+    total_new = total + g * g
+    total.copy_(total_new)
+    return theta - s[5] * (g / (total_new.sqrt() + s[6]))
+
+
+def rmsprop_rule(centered: bool, momentum: bool) -> Callable[..., torch.Tensor]:
+    """v = a v + (1-a) g^2; centered: gbar = a gbar + (1-a) g, v~ = v - gbar^2;
+    d = g / (sqrt(v~) + eps); theta - lr d, or with momentum b = mu b + d, theta - lr b.
+
+    State: square_avg[, momentum_buffer][, grad_avg]; s[5:9] = a, 1 - a, eps, mu."""
+    def rmsprop(theta, g, state, s):
+        square_avg = state[0]
+        v_new = square_avg * s[5] + s[6] * (g * g)
+        square_avg.copy_(v_new)
+        if centered:
+            grad_avg = state[-1]
+            gbar_new = grad_avg + s[6] * (g - grad_avg)
+            grad_avg.copy_(gbar_new)
+            v_new = v_new - gbar_new * gbar_new
+        direction = g / (v_new.sqrt() + s[7])
+        if momentum:
+            b = state[1]
+            direction = b * s[8] + direction
+            b.copy_(direction)
+        return theta - s[LR] * direction
+    rmsprop.__name__ = "rmsprop" + "_centered" * centered + "_momentum" * momentum
+    return rmsprop
+
+
+def trust_ratio(weight_norm, denominator, adapted, coefficient, eps):
+    """coefficient ||w|| / (denominator + eps); 1 where a norm is 0 or the tensor is excluded."""
+    usable = (weight_norm > 0) & (denominator > 0) & (adapted > 0.5)
+    ratio = coefficient * weight_norm / (denominator + eps)
+    return torch.where(usable, ratio, torch.ones_like(ratio))
+
+
+def lars(theta, g, state, s):
+    """local_lr = eta ||w|| / (||g|| + beta ||w|| + eps); v = m v + lr local_lr (g + beta w); w - v.
+
+    s[5:10] = m, beta (0 for excluded tensors), eta, eps, adapted (1 or 0).
+    """
+    (v,) = state
+    weight_norm = torch.linalg.vector_norm(theta)
+    local_lr = trust_ratio(weight_norm, torch.linalg.vector_norm(g) + s[6] * weight_norm,
+                           s[9], s[7], s[8])
+    v_new = v * s[5] + (g + s[6] * theta) * (s[LR] * local_lr)
+    v.copy_(v_new)
+    return theta - v_new
+
+
+def lamb_update(theta, m, v, s):
+    """u = m_hat / (sqrt(v_hat) + eps) + lambda w; s[8] = 1 / (1 - b1^t), s[11] = lambda."""
+    return (m / (v.sqrt() * s[9] + s[10])) * s[8] + s[11] * theta
+
+
+def lamb_moments(p, g, m, v, s):
+    """LAMB, first pass: update the moments; return ||w||^2 and ||u||^2 of this tensor."""
+    theta = p * s[KEEP]
+    one_minus_b1, b2, one_minus_b2 = s[5], s[6], s[7]
+    g = g * s[GRAD_FACTOR]
+    m_new = m + one_minus_b1 * (g - m)
+    v_new = v * b2 + one_minus_b2 * (g * g)
+    u = lamb_update(theta, m_new, v_new, s)
+    norms = (theta * theta).sum(), (u * u).sum()
+    m.copy_(m_new)
+    v.copy_(v_new)
+    return norms
+
+
+def lamb_apply(prox: bool) -> Callable[..., None]:
+    """LAMB, second pass: w - lr (||w|| / ||u||) u, then prox L1; s[12] = adapted (1 or 0)."""
+    def apply(p, m, v, s, weight_norm_sq, update_norm_sq):
+        theta = p * s[KEEP]
+        u = lamb_update(theta, m, v, s)
+        ratio = trust_ratio(weight_norm_sq.sqrt(), update_norm_sq.sqrt(), s[12], 1.0, 0.0)
+        theta = theta - (s[LR] * ratio) * u
+        p.copy_(soft_threshold(theta, s[THRESHOLD]) if prox else theta)
+    apply.__name__ = "lamb_apply" + "_l1" * prox
+    return apply
+
+
+# -- each optimizer's rule: state keys, kernels and scalars ----------------------------------------
+
+@dataclass(frozen=True)
+class Rule:
+    """How the fast path runs one optimizer with one group's options."""
+
+    name: str
+    state_keys: tuple[str, ...]                  # state tensors passed to the kernels, in order
+    passes: tuple[tuple[Callable, tuple[str, ...]], ...]   # (function, argument kinds) per pass
+    counts_steps: bool                           # the state holds a "step" tensor
+    scalars: Callable[[dict[str, Any], int, "ChunkKey"], list[float]]
+    own_chunk: Callable[[torch.Tensor], bool] = lambda param: False   # needs a per-tensor ratio
+
+
+@dataclass(frozen=True)
+class ChunkKey:
+    """What the scalars of a chunk depend on besides the group: its step, first step, ratio."""
+
+    step: int = 0
+    first: bool = False
+    adapted: bool = False
+
+
+def one_pass(function: Callable, n_state: int,
+             group: dict[str, Any]) -> tuple[tuple[Callable, tuple[str, ...]], ...]:
+    kinds = ("vec", "vec") + ("vec",) * n_state + ("scalars",)
+    return ((regularized(function, prox=bool(group["l1"])), kinds),)
+
+
+STRUCTURAL_OPTIONS = ("l1", "momentum", "nesterov", "amsgrad", "centered", "exclude_1d",
+                      "weight_decay", "decoupled_weight_decay", "decay_scaled_by_lr")
+"""Group options that choose kernels or layouts: a plan is rebuilt when one of them changes."""
+
+
+def structure(group: dict[str, Any]) -> tuple:
+    return tuple(bool(group.get(option)) for option in STRUCTURAL_OPTIONS)
+
+
+def rule_for(optimizer: Any, group: dict[str, Any]) -> Rule | None:
+    """The fast rule of a regopt optimizer with these group options (None: none)."""
+    if isinstance(optimizer, SGD):
+        return sgd_rule(group)
+    if isinstance(optimizer, Adam):
+        return adam_rule(group)
+    if isinstance(optimizer, Adagrad):
+        return Rule("adagrad", ("sum",), one_pass(adagrad, 1, group), True, adagrad_scalars)
+    if isinstance(optimizer, RMSprop):
+        return rmsprop_rule_for(group)
+    if isinstance(optimizer, LARS):
+        return lars_rule(optimizer, group)
+    if isinstance(optimizer, LAMB):
+        return lamb_rule(optimizer, group)
+    return None
+
+
+def sgd_rule(group: dict[str, Any]) -> Rule:
+    if group["momentum"] == 0:
+        return Rule("sgd", (), one_pass(sgd, 0, group), False, lambda group, t, key: [])
+    function = sgd_nesterov if group["nesterov"] else sgd_momentum
+
+    def scalars(group: dict[str, Any], t: int, key: ChunkKey) -> list[float]:
+        mu, tau = group["momentum"], group["dampening"]
+        return [0.0, 1.0, mu] if key.first else [mu, 1.0 - tau, mu]
+    return Rule(function.__name__, ("momentum_buffer",), one_pass(function, 1, group), False,
+                scalars)
+
+
+def adam_scalars(group: dict[str, Any], t: int, key: ChunkKey) -> list[float]:
+    beta1, beta2 = group["betas"]
+    bias_correction1, bias_correction2 = 1 - beta1 ** t, 1 - beta2 ** t
+    return [1 - beta1, beta2, 1 - beta2, float(group["lr"]) / bias_correction1,
+            1 / bias_correction2 ** 0.5, group["eps"]]
+
+
+def adam_rule(group: dict[str, Any]) -> Rule:
+    if group["amsgrad"]:
+        return Rule("amsgrad", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+                    one_pass(amsgrad, 3, group), True, adam_scalars)
+    return Rule("adam", ("exp_avg", "exp_avg_sq"), one_pass(adam, 2, group), True, adam_scalars)
+
+
+def adagrad_scalars(group: dict[str, Any], t: int, key: ChunkKey) -> list[float]:
+    return [float(group["lr"]) / (1 + (t - 1) * group["lr_decay"]), group["eps"]]
+
+
+def rmsprop_rule_for(group: dict[str, Any]) -> Rule:
+    centered, momentum = bool(group["centered"]), group["momentum"] > 0
+    keys = ("square_avg",) + ("momentum_buffer",) * momentum + ("grad_avg",) * centered
+    function = rmsprop_rule(centered, momentum)
+
+    def scalars(group: dict[str, Any], t: int, key: ChunkKey) -> list[float]:
+        alpha = group["alpha"]
+        return [alpha, 1 - alpha, group["eps"], group["momentum"]]
+    return Rule(function.__name__, keys, one_pass(function, len(keys), group), True, scalars)
+
+
+def adapted(param: torch.Tensor, group: dict[str, Any]) -> bool:
+    """LARS/LAMB: whether the tensor gets a trust ratio (regopt.optim.lars.adapted_mask)."""
+    return not group["exclude_1d"] or param.ndim >= 2
+
+
+def lars_rule(optimizer: Any, group: dict[str, Any]) -> Rule:
+    def scalars(group: dict[str, Any], t: int, key: ChunkKey) -> list[float]:
+        beta = optimizer.coupled_weight_decay(group) if key.adapted else 0.0
+        return [group["momentum"], beta, group["trust_coefficient"], group["eps"],
+                float(key.adapted)]
+    return Rule("lars", ("momentum_buffer",), one_pass(lars, 1, group), False, scalars,
+                own_chunk=lambda param: adapted(param, group))
+
+
+def lamb_rule(optimizer: Any, group: dict[str, Any]) -> Rule:
+    def scalars(group: dict[str, Any], t: int, key: ChunkKey) -> list[float]:
+        beta1, beta2 = group["betas"]
+        decay = optimizer.coupled_weight_decay(group) if key.adapted else 0.0
+        return [1 - beta1, beta2, 1 - beta2, 1 / (1 - beta1 ** t), 1 / (1 - beta2 ** t) ** 0.5,
+                group["eps"], decay, float(key.adapted)]
+    passes = ((lamb_moments, ("vec", "vec", "vec", "vec", "scalars")),
+              (lamb_apply(bool(group["l1"])), ("vec", "vec", "vec", "scalars", "sum", "sum")))
+    return Rule("lamb", ("exp_avg", "exp_avg_sq"), passes, True, scalars,
+                own_chunk=lambda param: adapted(param, group))
+
+
+# -- compiling: once per (function, dtype, device type), cached on disk by Inductor ---------------
+
+INDUCTOR_OPTIONS = {"realize_reads_threshold": 100, "cpp.dynamic_threads": True}
+"""realize_reads_threshold: recompute a value read by several consumers rather than store it;
+Inductor's default (4 reads) made LAMB's first pass write v_t to a full-size temporary and copy it
+over, a fresh allocation and two more passes over memory per step. dynamic_threads: the OpenMP
+regions take torch's thread count at run time (torch.set_num_threads), not at compile time."""
+
+_KERNELS: dict[tuple, Callable] = {}
+_FAILED: dict[tuple, str] = {}
+_WARNED = False
+
+
+def compiled_kernels() -> list[tuple]:
+    """(function, dtype, device type, number of scalars) of each kernel compiled in this process."""
+    return sorted(_KERNELS, key=str)
+
+
+def compile_kernel(function: Callable, kinds: Sequence[str], dtype: torch.dtype,
+                   device: torch.device, n_scalars: int) -> Callable:
+    """Trace ``function`` over 1-D tensors of symbolic length and compile it with TorchInductor."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    import torch._inductor
+
+    def example(kind: str) -> torch.Tensor:
+        if kind == "scalars":
+            return torch.zeros(n_scalars, dtype=dtype, device=device)
+        if kind == "sum":
+            return torch.ones((), dtype=dtype, device=device)
+        return torch.ones(2**20, dtype=dtype, device=device)  # a large size: parallel code
+
+    graph = make_fx(function, tracing_mode="symbolic")(*[example(kind) for kind in kinds])
+    fake_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
+    return torch._inductor.compile(graph, fake_inputs, options=INDUCTOR_OPTIONS)
+
+
+def kernel(function: Callable, kinds: Sequence[str], dtype: torch.dtype, device: torch.device,
+           n_scalars: int) -> Callable | None:
+    """The compiled ``function`` from the cache, compiling it on first use; None if that fails."""
+    key = (function.__name__, str(dtype).removeprefix("torch."), device.type, n_scalars)
+    if key in _KERNELS:
+        return _KERNELS[key]
+    if key in _FAILED:
+        return None
+    try:
+        _KERNELS[key] = compile_kernel(function, kinds, dtype, device, n_scalars)
+    except Exception as error:                    # no compiler, unsupported device, ...
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        _FAILED[key] = f"{type(error).__name__}: {first_line}"
+        warn_unavailable(f"compiling {key[0]} for {key[1]} on {key[2]} failed ({_FAILED[key]})")
+        return None
+    return _KERNELS[key]
+
+
+def warn_unavailable(reason: str) -> None:
+    """Say once per process that the fast path falls back to the reference path."""
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        warnings.warn(f"regopt fast path unavailable: {reason}; using the reference path "
+                      "(same numbers, slower)", RuntimeWarning, stacklevel=4)
+
+
+# -- plans: how one group's tensors are laid out and stepped ---------------------------------------
+
+class StepCounts:
+    """The step counts (state["step"]) of a group as 0-d views of one tensor: one add per step
+    instead of one per parameter (torch._foreach_add_ over 0-d tensors costs ~2 us each)."""
+
+    def __init__(self, states: list[dict[str, Any]]) -> None:
+        steps = [state["step"] for state in states]
+        self.flat = torch.stack(steps) if len({(s.dtype, s.device) for s in steps}) == 1 else None
+        if self.flat is not None:
+            for index, state in enumerate(states):
+                state["step"] = self.flat[index]
+        self.views = [state["step"] for state in states]
+
+    def increment(self) -> None:
+        if self.flat is not None:
+            self.flat.add_(1.0)
+        else:
+            torch._foreach_add_(self.views, 1.0)
+
+
+class ScalarSlot:
+    """The scalars tensor shared by the chunks with one ChunkKey, refilled in place each step."""
+
+    def __init__(self, key: ChunkKey, size: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.key = key
+        self.host = np.zeros(size, dtype=torch.empty((), dtype=dtype).numpy().dtype)
+        host_tensor = torch.from_numpy(self.host)
+        self.tensor = host_tensor if device.type == "cpu" else host_tensor.to(device)
+        self.device = device
+
+    def fill(self, values: list[float]) -> None:
+        self.host[:] = values
+        if self.device.type != "cpu":
+            self.tensor.copy_(torch.from_numpy(self.host))
+
+
+class Chunk:
+    """Tensors updated by one kernel call: one large tensor in place, or small ones packed flat."""
+
+    def __init__(self, params: list[torch.Tensor], state_keys: Sequence[str],
+                 states: list[dict[str, Any]], packed: bool, slot: ScalarSlot) -> None:
+        self.params, self.packed, self.slot = params, packed, slot
+        if not packed:
+            state = states[0]
+            for key in state_keys:
+                state[key] = state[key].contiguous()
+            self.state = [state[key].view(-1) for key in state_keys]
+            return
+        sizes = [p.numel() for p in params]
+        like = params[0]
+        self.param_buffer = like.new_empty(sum(sizes))
+        self.grad_buffer = like.new_empty(sum(sizes))
+        self.param_pieces = pieces(self.param_buffer, params)
+        self.grad_pieces = pieces(self.grad_buffer, params)
+        self.state = []
+        for key in state_keys:                  # state moves into a flat buffer; the state dict
+            buffer = like.new_empty(sum(sizes))  # keeps views with the original shapes
+            views = pieces(buffer, params)
+            torch._foreach_copy_(views, [state[key] for state in states])
+            for state, view in zip(states, views):
+                state[key] = view
+            self.state.append(buffer)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parameter and gradient as 1-D tensors (packed: gathered into the flat buffers)."""
+        if self.packed:
+            torch._foreach_copy_(self.param_pieces, self.params)
+            torch._foreach_copy_(self.grad_pieces, [p.grad for p in self.params])
+            return self.param_buffer, self.grad_buffer
+        (param,) = self.params
+        return param.detach().view(-1), param.grad.view(-1)
+
+    def write_back(self) -> None:
+        if self.packed:
+            torch._foreach_copy_(self.params, self.param_pieces)
+
+
+def pieces(buffer: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of a flat buffer shaped like ``params``."""
+    return [piece.view(p.shape) for piece, p in zip(buffer.split([p.numel() for p in params]),
+                                                     params)]
+
+
+class CompiledPlan:
+    """A group stepped by compiled kernels."""
+
+    engine = "compiled"
+
+    def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor],
+                 rule: Rule, kernels: list[Callable]) -> None:
+        self.optimizer, self.rule, self.kernels = optimizer, rule, kernels
+        self.key = (tuple(map(id, params)), structure(group))
+        states = [initial_state(optimizer, p, group, rule) for p in params]
+        self.steps = StepCounts(states) if rule.counts_steps else None
+        self.slots: dict[ChunkKey, ScalarSlot] = {}
+        self.chunks: list[Chunk] = []
+        n_scalars = 5 + len(rule.scalars(group, 1, ChunkKey()))
+        device = params[0].device
+        small: dict[tuple, list[int]] = {}
+        for index, (param, state) in enumerate(zip(params, states)):
+            key = ChunkKey(step=int(state["step"]) if rule.counts_steps else 0,
+                           first=bool(state.pop("_fast_first", False)),
+                           adapted=rule.own_chunk(param))
+            if key not in self.slots:
+                self.slots[key] = ScalarSlot(key, n_scalars, param.dtype, device)
+            if param.numel() >= SMALL_TENSOR or rule.own_chunk(param):
+                self.chunks.append(Chunk([param], rule.state_keys, [state], False, self.slots[key]))
+            else:
+                small.setdefault((key, param.dtype), []).append(index)
+        for (key, _), indices in small.items():
+            self.chunks.append(Chunk([params[i] for i in indices], rule.state_keys,
+                                     [states[i] for i in indices], True, self.slots[key]))
+
+    def step(self, group: dict[str, Any], params: list[torch.Tensor], grad_factor: float) -> None:
+        if self.steps is not None:
+            self.steps.increment()
+        common = regularization_scalars(self.optimizer, group, grad_factor)
+        for slot in self.slots.values():
+            if self.rule.counts_steps:
+                slot.key = ChunkKey(slot.key.step + 1, slot.key.first, slot.key.adapted)
+            slot.fill(common + self.rule.scalars(group, slot.key.step, slot.key))
+            if slot.key.first:                   # SGD: b_1 = g only on the first step
+                slot.key = ChunkKey(slot.key.step, False, slot.key.adapted)
+        for chunk in self.chunks:
+            self.run(chunk)
+
+    def run(self, chunk: "Chunk") -> None:
+        param, grad = chunk.tensors()
+        if len(self.kernels) == 1:
+            self.kernels[0](param, grad, *chunk.state, chunk.slot.tensor)
+        else:                                   # LAMB: norms first, then the update
+            weight_norm_sq, update_norm_sq = self.kernels[0](param, grad, *chunk.state,
+                                                             chunk.slot.tensor)
+            self.kernels[1](param, *chunk.state, chunk.slot.tensor, weight_norm_sq, update_norm_sq)
+        chunk.write_back()
+
+
+def initial_state(optimizer: Any, param: torch.Tensor, group: dict[str, Any],
+                  rule: Rule) -> dict[str, Any]:
+    """The parameter's state, created as the reference path creates it, plus what the kernels need.
+
+    SGD creates its momentum buffer on the first step as a copy of the gradient; here it starts at 0
+    and the first step passes mu = 0, 1 - tau = 1, which gives the same b_1 = g.
+    """
+    state = optimizer._state_of(param, group)
+    for key in rule.state_keys:
+        if key not in state:
+            state[key] = torch.zeros_like(param, memory_format=torch.contiguous_format)
+            state["_fast_first"] = True
+    return state
+
+
+# -- torch's fused kernels, where the formula is exactly regopt's ---------------------------------
+
+class TorchKernelPlan:
+    """A group stepped by one of torch's fused kernels (see the module docstring for when)."""
+
+    engine = "torch"
+
+    def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor],
+                 kind: str) -> None:
+        self.kind = kind
+        self.key = (tuple(map(id, params)), structure(group))
+        self.states = [optimizer._state_of(p, group) for p in params]
+        self.steps = StepCounts(self.states) if "step" in self.states[0] else None
+        self.lists = {key: [state[key] for state in self.states]
+                      for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "sum",
+                                  "momentum_buffer") if key in self.states[0]}
+
+    def step(self, group: dict[str, Any], params: list[torch.Tensor], grad_factor: float) -> None:
+        grads = [p.grad for p in params]
+        options = dict(lr=float(group["lr"]), maximize=group.get("maximize", False),
+                       weight_decay=group["weight_decay"], grad_scale=None)
+        if grad_factor != 1.0:                    # torch's kernels divide gradients by grad_scale
+            inverse = 1.0 / grad_factor if grad_factor else float("inf")
+            options["grad_scale"] = torch.tensor(inverse, device=grads[0].device)
+        if self.kind == "sgd":
+            self.sgd_step(group, params, grads, options)
+            return
+        self.steps.increment()
+        if self.kind == "adagrad":
+            torch._fused_adagrad_(params, grads, self.lists["sum"], self.steps.views,
+                                  lr_decay=group["lr_decay"], eps=group["eps"], **options)
+            return
+        beta1, beta2 = group["betas"]
+        fused = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        fused(params, grads, self.lists["exp_avg"], self.lists["exp_avg_sq"],
+              self.lists.get("max_exp_avg_sq", []), self.steps.views, beta1=beta1, beta2=beta2,
+              eps=group["eps"], amsgrad=group["amsgrad"], **options)
+
+    def sgd_step(self, group: dict[str, Any], params: list[torch.Tensor],
+                 grads: list[torch.Tensor], options: dict[str, Any]) -> None:
+        momentum, first = group["momentum"], False
+        if momentum != 0 and "momentum_buffer" not in self.lists:   # b_1 = g: the kernel copies
+            first = True
+            for state, grad in zip(self.states, grads):
+                state["momentum_buffer"] = torch.empty_like(grad)
+            self.lists["momentum_buffer"] = [state["momentum_buffer"] for state in self.states]
+        torch._fused_sgd_(params, grads, self.lists.get("momentum_buffer", []) if momentum else [],
+                          momentum=momentum, dampening=group["dampening"],
+                          nesterov=group["nesterov"], is_first_step=first, **options)
+
+
+def torch_kernel_for(optimizer: Any, group: dict[str, Any],
+                     params: list[torch.Tensor]) -> str | None:
+    """The torch fused kernel whose formula is exactly this group's, or None."""
+    if not USE_TORCH_KERNELS or group["l1"]:
+        return None
+    decoupled = bool(group["weight_decay"]) and group["decoupled_weight_decay"]
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1 or len({p.device for p in params}) != 1:
+        return None
+    states = [optimizer._state_of(p, group) for p in params]     # created as the reference does
+    if isinstance(optimizer, SGD):
+        has_buffer = {"momentum_buffer" in state for state in states}
+        return "sgd" if not decoupled and len(has_buffer) == 1 else None
+    step_dtypes = {state["step"].dtype for state in states if "step" in state}
+    if step_dtypes - {torch.float32}:
+        return None                              # torch's kernels read float32 step counts
+    if isinstance(optimizer, Adam) and (not decoupled or group["decay_scaled_by_lr"]):
+        return "adam"
+    if isinstance(optimizer, Adagrad) and not decoupled:
+        return "adagrad"
+    return None
+
+
+# -- choosing and running a plan -------------------------------------------------------------------
+
+class FastCache:
+    """Per optimizer: each group's plan, rebuilt when its parameters or structural options change
+    and when a state dict is loaded."""
+
+    def __init__(self, optimizer: Any) -> None:
+        self.plans: dict[int, Any] = {}
+        optimizer.register_load_state_dict_post_hook(lambda opt: self.plans.clear())
+
+
+def cache_of(optimizer: Any) -> FastCache:
+    cache = optimizer.__dict__.get("_regopt_fast")
+    if cache is None:
+        cache = optimizer.__dict__["_regopt_fast"] = FastCache(optimizer)
+    return cache
+
+
+def build_plan(optimizer: Any, group: dict[str, Any], params: list[torch.Tensor]) -> Any:
+    """A plan for this group, or None when the fast path cannot take it."""
+    if any(p.layout is not torch.strided or not p.is_contiguous() or p.is_complex()
+           for p in params):
+        warn_unavailable("a sparse, complex or non-contiguous parameter")
+        return None
+    kind = torch_kernel_for(optimizer, group, params)
+    if kind is not None:
+        return TorchKernelPlan(optimizer, group, params, kind)
+    rule = rule_for(optimizer, group)
+    dtypes, devices = {p.dtype for p in params}, {p.device for p in params}
+    if rule is None:
+        warn_unavailable(f"no fast rule for {type(optimizer).__name__}")
+        return None
+    if len(devices) != 1 or dtypes - set(COMPILED_DTYPES):
+        warn_unavailable(f"a group with dtypes {sorted(map(str, dtypes))} on devices "
+                         f"{sorted(map(str, devices))} (compiled: float32, float64, one device)")
+        return None
+    (device,) = devices
+    n_scalars = 5 + len(rule.scalars(group, 1, ChunkKey()))
+    kernels = []
+    for dtype in sorted(dtypes, key=str):
+        for function, kinds in rule.passes:
+            compiled = kernel(function, kinds, dtype, device, n_scalars)
+            if compiled is None:
+                return None
+            kernels.append(compiled)
+    if len(dtypes) != 1:
+        warn_unavailable(f"a group mixing dtypes {sorted(map(str, dtypes))}")
+        return None
+    return CompiledPlan(optimizer, group, params, rule, kernels)
+
+
+def gradients_fit(params: list[torch.Tensor]) -> bool:
+    """Dense, contiguous gradients of the parameter's dtype (else: the reference path)."""
+    for p in params:
+        g = p.grad
+        if g.layout is not torch.strided or g.dtype != p.dtype or not g.is_contiguous():
+            return False
+    return True
+
+
+def step_group(optimizer: Any, group: dict[str, Any]) -> bool:
+    """Step one group on the fast path; False means the reference path must step it instead.
+
+    Called by RegularizedOptimizer.step for groups with ``fused=True``.
+    """
+    params = [p for p in group["params"] if p.grad is not None]
+    grad_factor = optimizer.__dict__.get("_regopt_grad_factor", 1.0)
+    if not params:
+        return True
+    cache = cache_of(optimizer)
+    plan = cache.plans.get(id(group))
+    key = (tuple(map(id, params)), structure(group))
+    if plan is None or plan.key != key:
+        if gradients_fit(params):
+            plan = build_plan(optimizer, group, params)
+            cache.plans[id(group)] = plan if plan is not None else Unsupported(key)
+        else:
+            plan = None
+    if plan is None or plan.engine == "reference" or not gradients_fit(params):
+        if grad_factor != 1.0:                    # the reference path gets clipped gradients
+            torch._foreach_mul_([p.grad for p in params], grad_factor)
+        return False
+    plan.step(group, params, grad_factor)
+    return True
+
+
+@dataclass
+class Unsupported:
+    """A group the fast path cannot take (remembered, so that it is not tried every step)."""
+
+    key: tuple
+    engine: str = "reference"
+
+
+def engines(optimizer: Any) -> list[str]:
+    """Per group: "compiled", "torch" or "reference", the path of its last step ("-": none yet)."""
+    plans = optimizer.__dict__.get("_regopt_fast")
+    result = []
+    for group in optimizer.param_groups:
+        if not group.get("fused"):
+            result.append("reference")
+            continue
+        plan = plans.plans.get(id(group)) if plans is not None else None
+        result.append(plan.engine if plan is not None else "-")
+    return result
+
+
+def workspace_bytes(optimizer: Any) -> int:
+    """Bytes the fast path holds besides the state: the flat copies of packed small tensors."""
+    cache = optimizer.__dict__.get("_regopt_fast")
+    total = 0
+    for plan in (cache.plans.values() if cache is not None else ()):
+        for chunk in getattr(plan, "chunks", ()):
+            if chunk.packed:
+                total += chunk.param_buffer.nbytes + chunk.grad_buffer.nbytes
+    return total
+
+
+# -- gradient clipping, folded into the step -------------------------------------------------------
+
+def clipped_step(optimizer: Any, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+    """Clip the gradients to a global norm of ``max_norm``, then step; returns the total norm.
+
+    The same as ``torch.nn.utils.clip_grad_norm_(params, max_norm); optimizer.step()``: the factor
+    min(1, max_norm / (total + 1e-6)) scales every gradient. On the fast path the factor is applied
+    inside the update (one read of the gradients for the norm, none to rescale them), so afterwards
+    ``.grad`` holds the unclipped gradients there; on the reference path (and for torch.optim
+    optimizers) the gradients are clipped in place first, as torch does.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not params:
+        optimizer.step()
+        return torch.tensor(0.0)
+    total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type)
+    factor = float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    on_fast_path = isinstance(optimizer, RegularizedOptimizer)    # torch.optim's own: clip first
+    reference_grads = [p.grad for group in optimizer.param_groups
+                       if not (on_fast_path and group.get("fused"))
+                       for p in group["params"] if p.grad is not None]
+    if reference_grads:
+        torch._foreach_mul_(reference_grads, factor)
+    optimizer.__dict__["_regopt_grad_factor"] = factor
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.__dict__["_regopt_grad_factor"]
+    return total
