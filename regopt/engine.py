@@ -183,6 +183,7 @@ def build_model(config, data: Dataset) -> nn.Module:
     """The MLP num_features -> hidden... -> num_classes (input size from the data set)."""
     return build_mlp(data.num_features, data.num_classes, hidden=tuple(config.hidden),
                      activation=config.activation, dropout=config.dropout,
+                     input_dropout=config.input_dropout,
                      batchnorm=config.batchnorm)
 
 
@@ -198,7 +199,8 @@ def build_optimizer(config, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay=config.weight_decay, l1=config.prox_l1)
     try:
         return optimizer_class(groups, lr=config.lr, decoupled_weight_decay=bool(config.decoupled),
-                               decay_scaled_by_lr=config.decay_scaled_by_lr, **options)
+                               decay_scaled_by_lr=config.decay_scaled_by_lr,
+                               fused=config.fused, **options)
     except UserError:
         raise
     except (ValueError, TypeError) as error:  # the optimizer's own argument checks

@@ -43,16 +43,20 @@ class MLP(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         batchnorm: bool = False,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.sizes = _check_sizes(sizes)
         self.activation = _check_activation(activation)
         self.dropout = _check_dropout(dropout)
         self.batchnorm = bool(batchnorm)
+        self.input_dropout = _check_dropout(input_dropout)
         self.layers = nn.Sequential(*self._build_layers())
 
     def _build_layers(self) -> list[nn.Module]:
         layers: list[nn.Module] = []
+        if self.input_dropout > 0:  # dropout of input pixels (Srivastava et al., 2014, used 0.2)
+            layers.append(nn.Dropout(self.input_dropout))
         hidden_sizes = zip(self.sizes[:-2], self.sizes[1:-1])
         for inputs, outputs in hidden_sizes:
             layers.append(nn.Linear(inputs, outputs))

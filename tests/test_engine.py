@@ -192,3 +192,19 @@ def test_fit_leaves_the_callers_rng_and_threads_alone():
     state, threads = torch.get_rng_state(), torch.get_num_threads()
     fit(small(epochs=1, threads=1, dropout=0.5))
     assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("changes", [{}, {"prox_l1": 0.05, "optimizer": "sgd", "momentum": 0.9},
+                                     {"optimizer": "rmsprop", "lr": 1e-3}])
+def test_fast_path_and_reference_path_train_alike(changes):
+    fast = fit(small(**changes))
+    reference = fit(small(fused=False, **changes))
+    for key in ("test_accuracy", "train_loss", "weight_l2", "zero_fraction"):
+        assert fast[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-3), key
+
+
+def test_input_dropout_is_used_and_changes_training():
+    plain = fit(small(dropout=0.1))
+    dropped = fit(small(dropout=0.1, input_dropout=0.3))
+    assert dropped["train_loss"] != plain["train_loss"]
+    assert dropped["test_accuracy"] > 0.5

@@ -113,3 +113,11 @@ def test_build_mlp():
     assert layer_types(model) == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear]
     assert build_mlp(20, 4).sizes == (20, 256, 128, 4)
     assert layer_types(build_mlp(20, 4, hidden=())) == [nn.Linear]  # logistic regression
+
+
+def test_input_dropout_comes_first_and_only_when_asked():
+    model = MLP((8, 4, 2), dropout=0.1, input_dropout=0.2)
+    assert isinstance(model.layers[0], nn.Dropout) and model.layers[0].p == 0.2
+    assert not isinstance(MLP((8, 4, 2)).layers[0], nn.Dropout)
+    with pytest.raises(ConfigError):
+        MLP((8, 4, 2), input_dropout=1.0)

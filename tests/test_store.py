@@ -211,3 +211,9 @@ def test_a_file_that_is_not_a_database_is_a_user_error(tmp_path):
     (tmp_path / "regopt.db").write_bytes(b"not a database at all, just text" * 64)
     with pytest.raises(UserError, match="is unreadable"):
         RunStore(tmp_path).list_runs()
+
+
+def test_a_store_being_created_reads_as_empty(tmp_path):
+    sqlite3.connect(tmp_path / "regopt.db").close()  # the file exists, the schema not yet
+    assert RunStore(tmp_path).list_runs() == []
+    assert RunStore(tmp_path).experiments() == []

@@ -59,7 +59,8 @@ class RunConfig:
     Data:      dataset (digits | fashion-mnist | mnist | synthetic), data_dir (folder of IDX files),
                split_seed (chooses the train/val/test split).
     Model:     hidden (sizes of the hidden layers; () is multinomial logistic regression),
-               activation, dropout (probability in [0, 1)), batchnorm.
+               activation, dropout (probability in [0, 1), after each hidden layer), input_dropout
+               (probability of dropping each input feature), batchnorm.
     Optimizer: optimizer (a regopt.optim.OPTIMIZERS name), lr, momentum (sgd, rmsprop, lars),
                nesterov (sgd), betas (adam, adamw, lamb), amsgrad (adam, adamw). None (the
                default) resolves to the optimizer's own default (e.g. lars momentum 0.9) when the
@@ -70,6 +71,7 @@ class RunConfig:
                decayed), decoupled (AdamW form theta -= lr*lambda*theta instead of the coupled
                g += lambda*theta; None -> the optimizer's default: True for adamw, else False),
                decay_scaled_by_lr (decoupled decay is lr*lambda, else lambda),
+               fused (the optimizer's fast path, regopt.optim.fast; False: the reference path),
                prox_l1 (proximal L1 step in the optimizer: exact zeros), l1 / l2 (penalty terms
                added to the loss: lam*sum|w| and (lam/2)*sum w^2; both set -> elastic net),
                early_stopping (patience in epochs, or None), monitor (val_loss | val_accuracy;
@@ -89,6 +91,7 @@ class RunConfig:
     hidden: tuple[int, ...] = (256, 128)
     activation: str = "relu"
     dropout: float = 0.0
+    input_dropout: float = 0.0
     batchnorm: bool = False
 
     optimizer: str = "adam"
@@ -101,6 +104,7 @@ class RunConfig:
     weight_decay: float = 1e-4
     decoupled: bool | None = None
     decay_scaled_by_lr: bool = True
+    fused: bool = True
     prox_l1: float = 0.0
     l1: float = 0.0
     l2: float = 0.0
@@ -310,6 +314,7 @@ _COERCE = {
     "hidden": _as_hidden,
     "activation": lambda key, value: _as_name(key, value).replace("-", "_"),
     "dropout": _as_float,
+    "input_dropout": _as_float,
     "batchnorm": _as_bool,
     "optimizer": _as_name,
     "lr": _as_float,
@@ -320,6 +325,7 @@ _COERCE = {
     "weight_decay": _as_float,
     "decoupled": _optional(_as_bool),
     "decay_scaled_by_lr": _as_bool,
+    "fused": _as_bool,
     "prox_l1": _as_float,
     "l1": _as_float,
     "l2": _as_float,
@@ -402,6 +408,7 @@ _RANGES = {
     "l1": (lambda v: v >= 0, ">= 0"),
     "l2": (lambda v: v >= 0, ">= 0"),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "input_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "epochs": (lambda v: v >= 1, "an integer >= 1"),
     "early_stopping": (lambda v: v is None or v >= 1, "an integer >= 1 (patience in epochs) or none"),
     "warmup_epochs": (lambda v: v >= 0, "an integer >= 0"),

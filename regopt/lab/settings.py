@@ -51,7 +51,7 @@ __all__ = ["SETTINGS", "REGULARIZATION_OFF", "REGULARIZATION_KEYS", "apply_setti
 # the optimizer's own default (True for adamw), which with weight_decay 0 changes nothing.
 REGULARIZATION_OFF: dict[str, Any] = {
     "weight_decay": 0.0, "decoupled": None, "decay_scaled_by_lr": True, "prox_l1": 0.0,
-    "l1": 0.0, "l2": 0.0, "dropout": 0.0, "batchnorm": False, "early_stopping": None,
+    "l1": 0.0, "l2": 0.0, "dropout": 0.0, "input_dropout": 0.0, "batchnorm": False, "early_stopping": None,
 }
 REGULARIZATION_KEYS = tuple(REGULARIZATION_OFF)
 

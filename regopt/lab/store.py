@@ -304,6 +304,11 @@ class RunStore:
             if create:
                 db.execute("PRAGMA journal_mode = WAL")  # persistent: stored in the database file
                 db.executescript(_SCHEMA)
+            elif not _has_runs_table(db):  # a store another process is creating at this moment
+                if missing_ok:
+                    yield None
+                    return
+                raise UserError(f"no run store at {self.db_path}")
             _add_missing_columns(db)
             yield db
         except sqlite3.DatabaseError as error:
@@ -346,6 +351,10 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
 
 # Columns added after the first release of the schema: a store made before them gains them on open.
 _LATER_COLUMNS = ("experiment", "cell", "phase", "config_hash")
+
+
+def _has_runs_table(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone() is not None
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
