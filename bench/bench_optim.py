@@ -34,6 +34,7 @@ against the minimum of each rule.
 from __future__ import annotations
 
 import argparse
+import gc
 import contextlib
 import math
 import re
@@ -135,6 +136,14 @@ class Variant:
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+
+def release(variants: list[Variant]) -> None:
+    """Drop a measured variant's optimizer, parameters and closures, keeping its times: at 25M
+    parameters each holds several hundred MB, and all of them together do not fit in memory."""
+    for variant in variants:
+        variant.optimizer = variant.step = variant.prepare = None
+    gc.collect()
 
 
 def synchronize(device: torch.device) -> None:
@@ -413,11 +422,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.rules:
             results.append(bench_rule(name, size, device, repeats))
             print("\n".join(step_table(results[-1:], bandwidth)[2:]), flush=True)
+            if size != sizes[0]:        # the state table reads only the first size's optimizers
+                release(results[-1].variants)
     regularized = []
     for size in sizes:
         numel, variants = bench_regularized(size, device, repeats)
         regularized.append((size, numel, variants))
         print("\n".join(regularized_table(regularized[-1:], bandwidth)[2:]), flush=True)
+        release(variants)
 
     section = [
         "## Optimizer step (bench/bench_optim.py)", "",
