@@ -454,38 +454,42 @@ def _weight_matrices(cell: "CellResult", store: "RunStore") -> np.ndarray | None
 
 
 def zero_fraction(section: "Section", styles) -> MplFigure | None:
-    if not section.cells:
-        return None
-    figure, ax, positions = _cell_axes(section, "fraction of weight-matrix entries exactly 0")
-    texts = []
-    for y, cell in zip(positions, section.cells):
-        style = styles[cell.cell]
-        mean, std = cell.stat("zero_fraction")
-        mean = 0.0 if not math.isfinite(mean) else mean
-        ax.barh([y], [mean], height=0.55, color=style.color, hatch=style.hatch, edgecolor="white",
-                xerr=[[std or 0.0], [std or 0.0]] if std else None, capsize=3)
-        texts.append(f"{mean:.2%}")
-    _right_labels(ax, positions, texts)
-    ax.set_xlabel("exact zeros (mean over seeds)")
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlim(0, max(0.01, ax.get_xlim()[1]))
+    figure = _cell_bars(section, styles, "fraction of weight-matrix entries exactly 0",
+                        lambda cell: cell.stat("zero_fraction"), lambda mean, cell: f"{mean:.2%}")
+    if figure is not None:
+        ax = figure.axes[0]
+        ax.set_xlabel("exact zeros (mean over seeds)")
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_xlim(0, max(0.01, ax.get_xlim()[1]))
     return figure
 
 
 def seconds_per_epoch(section: "Section", styles) -> MplFigure | None:
+    def label(mean, cell) -> str:
+        rate = cell.samples_per_second
+        return f"{mean:.3f} s" + (f"  ·  {rate:,.0f} samples/s" if math.isfinite(rate) else "")
+
+    figure = _cell_bars(section, styles, "seconds per epoch (training + validation)",
+                        lambda cell: cell.seconds_per_epoch, label)
+    if figure is not None:
+        ax = figure.axes[0]
+        ax.set_xlabel("seconds per epoch (mean ± std over seeds)")
+        ax.set_xlim(left=0)
+    return figure
+
+
+def _cell_bars(section: "Section", styles, title: str, value_of, label_of) -> MplFigure | None:
+    """One horizontal bar per cell (mean, with a std error bar), labelled on the right."""
     if not section.cells:
         return None
-    figure, ax, positions = _cell_axes(section, "seconds per epoch (training + validation)")
+    figure, ax, positions = _cell_axes(section, title)
     texts = []
     for y, cell in zip(positions, section.cells):
         style = styles[cell.cell]
-        mean, std = cell.seconds_per_epoch
+        mean, std = value_of(cell)
         mean = 0.0 if not math.isfinite(mean) else mean
         ax.barh([y], [mean], height=0.55, color=style.color, hatch=style.hatch, edgecolor="white",
                 xerr=[[std or 0.0], [std or 0.0]] if std else None, capsize=3)
-        rate = cell.samples_per_second
-        texts.append(f"{mean:.3f} s" + (f"  ·  {rate:,.0f} samples/s" if math.isfinite(rate) else ""))
+        texts.append(label_of(mean, cell))
     _right_labels(ax, positions, texts)
-    ax.set_xlabel("seconds per epoch (mean ± std over seeds)")
-    ax.set_xlim(left=0)
     return figure
