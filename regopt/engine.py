@@ -50,6 +50,7 @@ from regopt.errors import CheckpointError, ConfigError, UserError
 from regopt.models import build_mlp, count_parameters
 from regopt.optim import get_optimizer
 from regopt.regularize import L1, L2, EarlyStopping, ElasticNet, decayed_parameters, param_groups
+from regopt.regularize.penalties import sum_abs, sum_squares
 
 __all__ = ["fit", "Progress", "build_model", "build_optimizer", "build_scheduler", "evaluate",
            "CHECKPOINT_FORMAT", "SUMMARY_KEYS"]
@@ -279,11 +280,12 @@ def train_one_epoch(model, optimizer, scheduler, penalty, split: Split, config,
     correct = torch.zeros((), dtype=torch.int64, device=device)
     total = num_batches(len(split), config.batch_size)
     seen = 0
+    penalized = penalty.tensors_of(model) if penalty is not None else []  # selected once per epoch
     started = last_report = time.perf_counter()
     for index, (x, y) in enumerate(iterate_batches(split, config.batch_size, batch_order), start=1):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        objective = loss + penalty(model) if penalty is not None else loss
+        objective = loss + penalty.compute(penalized) if penalized else loss
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if config.clip is not None:
@@ -324,8 +326,7 @@ def weight_statistics(model: nn.Module) -> dict[str, float]:
     tensors = decayed_parameters(model)
     if not tensors:
         return {"weight_l1": 0.0, "weight_l2": 0.0, "zero_fraction": 0.0}
-    l1 = torch.stack(torch._foreach_norm(tensors, 1)).sum()
-    l2 = torch.stack(torch._foreach_norm(tensors, 2)).square().sum().sqrt()
+    l1, l2 = sum_abs(tensors), sum_squares(tensors).sqrt()
     zeros = sum((t == 0).sum() for t in tensors)
     count = sum(t.numel() for t in tensors)
     return {"weight_l1": l1.item(), "weight_l2": l2.item(), "zero_fraction": zeros.item() / count}

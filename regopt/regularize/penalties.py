@@ -37,9 +37,13 @@ class Penalty(abc.ABC):
         self.no_decay = _as_patterns("no_decay", no_decay)
         self.decay = _as_patterns("decay", decay)
 
+    def tensors_of(self, model: nn.Module) -> list[torch.Tensor]:
+        """The tensors of ``model`` this penalty covers (select once, then ``compute`` each step)."""
+        return decayed_parameters(model, no_decay=self.no_decay, decay=self.decay)
+
     def __call__(self, model: nn.Module) -> torch.Tensor:
         """The penalty for ``model`` as a scalar tensor that autograd can differentiate."""
-        tensors = decayed_parameters(model, no_decay=self.no_decay, decay=self.decay)
+        tensors = self.tensors_of(model)
         if not tensors:
             return _zero_like_model(model)
         return self.compute(tensors)
