@@ -135,11 +135,33 @@ def side_by_side(cls, options, split=False, clip=None, steps=STEPS):
     return model_fast, model_reference, fast_optimizer, reference
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_fast_path_matches_reference(case):
+def layouts_of(optimizer) -> list[str]:
+    """Per group: the compiled plan's class (GroupPlan or ChunkedPlan), or its engine."""
+    plans = fast.cache_of(optimizer).plans
+    return [type(plans[id(group)]).__name__ if fast.engines(optimizer)[index] == "compiled"
+            else fast.engines(optimizer)[index] for index, group in enumerate(optimizer.param_groups)]
+
+
+@pytest.fixture
+def layout(request, monkeypatch):
+    """Both compiled layouts: one kernel for the whole (small) group, or kernels per chunk."""
+    if request.param == "ChunkedPlan":
+        monkeypatch.setattr(fast, "GROUP_KERNEL_MAX_NUMEL", 0)
+    return request.param
+
+
+LAYOUT_CASES = [(case, layout) for case in CASES
+                for layout in (["GroupPlan", "ChunkedPlan"] if case[2] == "compiled" else ["-"])]
+
+
+@pytest.mark.parametrize("case,layout", LAYOUT_CASES, indirect=["layout"],
+                         ids=[f"{case_id(c)}-{layout}" for c, layout in LAYOUT_CASES])
+def test_fast_path_matches_reference(case, layout):
     cls, options, engine = case
     model_fast, model_reference, fast_optimizer, reference = side_by_side(cls, options)
     assert fast.engines(fast_optimizer) == [engine]
+    if engine == "compiled":
+        assert layouts_of(fast_optimizer) == [layout]
     assert_same(model_fast, model_reference, fast_optimizer, reference)
 
 
@@ -262,7 +284,8 @@ def test_freezing_a_tensor_mid_training_rebuilds_the_plan():
     assert_same(*models, *optimizers)
 
 
-def test_learning_rate_schedules_do_not_recompile():
+def test_learning_rate_schedules_do_not_recompile(monkeypatch):
+    monkeypatch.setattr(fast, "GROUP_KERNEL_MAX_NUMEL", 0)   # per-element kernels: any shapes
     torch._dynamo.utils.counters.clear()
     options = dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, l1=1e-3)
     model = make_model()
@@ -285,27 +308,50 @@ def test_learning_rate_schedules_do_not_recompile():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0   # no TorchDynamo at all
 
 
+def test_group_kernel_compiles_once_for_its_shapes():
+    options = dict(lr=1e-3, momentum=0.9, centered=True, l1=1e-4)
+    models = make_model(), make_model(seed=3)     # same shapes, other values
+    optimizers = [ro.RMSprop(model.parameters(), fused=True, **options) for model in models]
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizers[0], max_lr=0.05, total_steps=40)
+    data = batches(20)
+    train(models[0], optimizers[0], data[:1])
+    kernels = fast.compiled_kernels()
+    group_kernels = [k for k in kernels if k[0] == "group_rmsprop_centered_momentum_l1"]
+    assert len(group_kernels) == 1 and layouts_of(optimizers[0]) == ["GroupPlan"]
+    for x, y in data[1:]:
+        optimizers[0].zero_grad()
+        torch.nn.functional.cross_entropy(models[0](x), y).backward()
+        optimizers[0].step()
+        scheduler.step()
+    train(models[1], optimizers[1], data[:2])
+    assert fast.compiled_kernels() == kernels
+
+
+@pytest.mark.parametrize("layout", ["GroupPlan", "ChunkedPlan"], indirect=True)
 @pytest.mark.parametrize("cls,options", [
     (ro.Adam, dict(lr=1e-3, weight_decay=1e-2, decoupled_weight_decay=True, l1=1e-4)),
     (ro.LAMB, dict(lr=1e-3, weight_decay=1e-2, l1=1e-4)),
     (ro.LARS, dict(lr=0.1, weight_decay=1e-4)),
 ], ids=["Adam", "LAMB", "LARS"])
-def test_a_fast_step_allocates_no_temporaries(cls, options):
-    param = torch.nn.Parameter(torch.randn(500, 400))
-    param.grad = torch.randn(500, 400)
-    optimizer = cls([param], fused=True, **options)
+def test_a_fast_step_allocates_no_temporaries(cls, options, layout):
+    params = [torch.nn.Parameter(torch.randn(500, 400)), torch.nn.Parameter(torch.randn(400))]
+    for param in params:
+        param.grad = torch.randn_like(param)
+    optimizer = cls(params, fused=True, **options)
     optimizer.step()
+    assert layouts_of(optimizer) == [layout]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as profile:
         fast.clipped_step(optimizer, 1.0)
-    allocated = sum(max(event.cpu_memory_usage, 0) for event in profile.events())
-    assert allocated < 1024                     # a few 0-d tensors; the parameter is 800 kB
+    allocated = [event.nbytes() for event in profile.profiler.kineto_results.events()
+                 if event.name() == "[memory]" and event.nbytes() > 0]   # every allocation,
+    assert sum(allocated) < 1024, allocated     # Inductor's buffers too; the parameter is 800 kB
 
 
 def test_compile_failure_warns_once_and_gives_reference_numbers(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
-    monkeypatch.setattr(fast, "compile_kernel", broken)
+    monkeypatch.setattr(fast, "compile_traced", broken)
     monkeypatch.setattr(fast, "_KERNELS", {})
     monkeypatch.setattr(fast, "_FAILED", {})
     monkeypatch.setattr(fast, "_WARNED", False)

@@ -401,9 +401,6 @@ def compiled_kernels() -> list[tuple]:
 def compile_kernel(function: Callable, kinds: Sequence[str], dtype: torch.dtype,
                    device: torch.device, n_scalars: int) -> Callable:
     """Trace ``function`` over 1-D tensors of symbolic length and compile it with TorchInductor."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-    import torch._inductor
-
     def example(kind: str) -> torch.Tensor:
         if kind == "scalars":
             return torch.zeros(n_scalars, dtype=dtype, device=device)
@@ -411,27 +408,109 @@ def compile_kernel(function: Callable, kinds: Sequence[str], dtype: torch.dtype,
             return torch.ones((), dtype=dtype, device=device)
         return torch.ones(2**20, dtype=dtype, device=device)  # a large size: parallel code
 
-    graph = make_fx(function, tracing_mode="symbolic")(*[example(kind) for kind in kinds])
+    return compile_traced(function, [example(kind) for kind in kinds], "symbolic")
+
+
+def compile_traced(function: Callable, examples: Sequence[torch.Tensor],
+                   tracing_mode: str) -> Callable:
+    """Trace ``function`` with make_fx ("symbolic": any length; "fake": these shapes; neither
+    runs it) and compile the graph with TorchInductor, without TorchDynamo.
+
+    Kernels for given shapes are compiled for this thread count: Inductor then runs the loops too
+    short to share serially, instead of opening a parallel region for each tensor (~3 us each)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    import torch._inductor
+
+    graph = make_fx(function, tracing_mode=tracing_mode)(*[t.detach() for t in examples])
     fake_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
-    return torch._inductor.compile(graph, fake_inputs, options=INDUCTOR_OPTIONS)
+    options = INDUCTOR_OPTIONS if tracing_mode == "symbolic" else \
+        {**INDUCTOR_OPTIONS, "cpp.dynamic_threads": False, "cpp.threads": torch.get_num_threads()}
+    return torch._inductor.compile(graph, fake_inputs, options=options)
 
 
 def kernel(function: Callable, kinds: Sequence[str], dtype: torch.dtype, device: torch.device,
            n_scalars: int) -> Callable | None:
     """The compiled ``function`` from the cache, compiling it on first use; None if that fails."""
     key = (function.__name__, str(dtype).removeprefix("torch."), device.type, n_scalars)
+    return cached_compile(key, lambda: compile_kernel(function, kinds, dtype, device, n_scalars))
+
+
+def cached_compile(key: tuple, build: Callable[[], Callable], warn: bool = True) -> Callable | None:
+    """``build()``'s kernel, once per process per key; None (and one warning) if it fails."""
     if key in _KERNELS:
         return _KERNELS[key]
     if key in _FAILED:
         return None
     try:
-        _KERNELS[key] = compile_kernel(function, kinds, dtype, device, n_scalars)
+        _KERNELS[key] = build()
     except Exception as error:                    # no compiler, unsupported device, ...
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
         _FAILED[key] = f"{type(error).__name__}: {first_line}"
-        warn_unavailable(f"compiling {key[0]} for {key[1]} on {key[2]} failed ({_FAILED[key]})")
+        if warn:
+            warn_unavailable(f"compiling {key[0]} for {key[-3]} on {key[-2]} failed "
+                             f"({_FAILED[key]})")
         return None
     return _KERNELS[key]
+
+
+GROUP_KERNEL_MAX_NUMEL = 1 << 22
+"""Groups with at most this many elements (and GROUP_KERNEL_MAX_TENSORS tensors) get one kernel
+compiled for their shapes: small models, where per-call overhead, not memory, bounds the step."""
+
+GROUP_KERNEL_MAX_TENSORS = 32
+
+
+def whole_group_passes(rule: Rule, n_params: int, slot_index: Sequence[int]) -> list[Callable]:
+    """Each pass of the rule over every tensor of a group, as one function per pass.
+
+    The first pass takes (params, grads, state, slots) and returns what the next pass needs (LAMB:
+    each tensor's squared norms); the second takes (params, state, slots, those results). Passes
+    are compiled apart: in one graph Inductor keeps the first pass's values in full-size buffers.
+    """
+    n_state = len(rule.state_keys)
+
+    def over_tensors(function: Callable, with_grads: bool) -> Callable:
+        def whole(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            params, rest = tensors[:n_params], tensors[n_params:]
+            grads, rest = (rest[:n_params], rest[n_params:]) if with_grads else ((), rest)
+            state, rest = rest[:n_params * n_state], rest[n_params * n_state:]
+            n_slots = len(rest) - (0 if with_grads else 2 * n_params)
+            slots, earlier = rest[:n_slots], rest[n_slots:]
+            results: list[torch.Tensor] = []
+            for i, slot in enumerate(slot_index):
+                vectors = [params[i].view(-1), *[g.view(-1) for g in grads[i:i + 1]],
+                           *[s.view(-1) for s in state[i * n_state:(i + 1) * n_state]]]
+                out = function(*vectors, slots[slot], *earlier[2 * i:2 * i + 2])
+                results.extend(out or ())
+            return tuple(results)
+        whole.__name__ = "group_" + function.__name__
+        return whole
+
+    return [over_tensors(function, with_grads=index == 0)
+            for index, (function, _) in enumerate(rule.passes)]
+
+
+def group_kernels(rule: Rule, params: list[torch.Tensor], slots: list[torch.Tensor],
+                  slot_index: tuple[int, ...]) -> list[Callable] | None:
+    """The rule's passes over a whole group, each compiled for its shapes (cached in memory and on
+    disk); None if that fails (silently: the chunked plan's kernels are tried next, and warn)."""
+    state = [torch.empty_like(p, memory_format=torch.contiguous_format)
+             for p in params for _ in rule.state_keys]
+    examples = [*params, *[p.grad for p in params], *state, *slots]
+    shapes = tuple(tuple(p.shape) for p in params)
+    kernels = []
+    for function in whole_group_passes(rule, len(params), slot_index):
+        key = (function.__name__, shapes, slot_index, torch.get_num_threads(),
+               str(params[0].dtype).removeprefix("torch."), params[0].device.type, len(slots[0]))
+        compiled = cached_compile(key, lambda: compile_traced(function, examples, "fake"),
+                                  warn=False)
+        if compiled is None:
+            return None
+        kernels.append(compiled)
+        if len(kernels) < len(rule.passes):       # the next pass: no grads, the results after
+            results = [torch.zeros((), dtype=params[0].dtype) for _ in range(2 * len(params))]
+            examples = [*params, *state, *slots, *results]
+    return kernels
 
 
 def warn_unavailable(reason: str) -> None:
@@ -528,36 +607,34 @@ def pieces(buffer: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tenso
 
 
 class CompiledPlan:
-    """A group stepped by compiled kernels."""
+    """What every compiled plan shares: the group's state, step counts and scalar slots."""
 
     engine = "compiled"
 
     def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor],
-                 rule: Rule, kernels: list[Callable]) -> None:
-        self.optimizer, self.rule, self.kernels = optimizer, rule, kernels
+                 rule: Rule) -> None:
+        self.optimizer, self.rule = optimizer, rule
         self.key = (tuple(map(id, params)), structure(group))
-        states = [initial_state(optimizer, p, group, rule) for p in params]
-        self.steps = StepCounts(states) if rule.counts_steps else None
+        self.states = [initial_state(optimizer, p, group, rule) for p in params]
+        self.steps = StepCounts(self.states) if rule.counts_steps else None
         self.slots: dict[ChunkKey, ScalarSlot] = {}
-        self.chunks: list[Chunk] = []
+        self.slot_of: list[ScalarSlot] = []        # each parameter's slot, in parameter order
         n_scalars = 5 + len(rule.scalars(group, 1, ChunkKey()))
-        device = params[0].device
-        small: dict[tuple, list[int]] = {}
-        for index, (param, state) in enumerate(zip(params, states)):
+        for param, state in zip(params, self.states):
             key = ChunkKey(step=int(state["step"]) if rule.counts_steps else 0,
-                           first=bool(state.pop("_fast_first", False)),
+                           first=bool(state.get("_fast_first", False)),
                            adapted=rule.own_chunk(param))
             if key not in self.slots:
-                self.slots[key] = ScalarSlot(key, n_scalars, param.dtype, device)
-            if param.numel() >= SMALL_TENSOR or rule.own_chunk(param):
-                self.chunks.append(Chunk([param], rule.state_keys, [state], False, self.slots[key]))
-            else:
-                small.setdefault((key, param.dtype), []).append(index)
-        for (key, _), indices in small.items():
-            self.chunks.append(Chunk([params[i] for i in indices], rule.state_keys,
-                                     [states[i] for i in indices], True, self.slots[key]))
+                self.slots[key] = ScalarSlot(key, n_scalars, param.dtype, param.device)
+            self.slot_of.append(self.slots[key])
 
-    def step(self, group: dict[str, Any], params: list[torch.Tensor], grad_factor: float) -> None:
+    def claim_state(self) -> None:
+        """Once the plan is built: drop the marks that initial_state left for it."""
+        for state in self.states:
+            state.pop("_fast_first", None)
+
+    def fill_slots(self, group: dict[str, Any], grad_factor: float) -> None:
+        """Count the step and write this step's scalars (lr, bias corrections, ...) per slot."""
         if self.steps is not None:
             self.steps.increment()
         common = regularization_scalars(self.optimizer, group, grad_factor)
@@ -567,18 +644,73 @@ class CompiledPlan:
             slot.fill(common + self.rule.scalars(group, slot.key.step, slot.key))
             if slot.key.first:                   # SGD: b_1 = g only on the first step
                 slot.key = ChunkKey(slot.key.step, False, slot.key.adapted)
-        for chunk in self.chunks:
-            self.run(chunk)
 
-    def run(self, chunk: "Chunk") -> None:
-        param, grad = chunk.tensors()
-        if len(self.kernels) == 1:
-            self.kernels[0](param, grad, *chunk.state, chunk.slot.tensor)
-        else:                                   # LAMB: norms first, then the update
-            weight_norm_sq, update_norm_sq = self.kernels[0](param, grad, *chunk.state,
-                                                             chunk.slot.tensor)
-            self.kernels[1](param, *chunk.state, chunk.slot.tensor, weight_norm_sq, update_norm_sq)
-        chunk.write_back()
+
+class ChunkedPlan(CompiledPlan):
+    """A group stepped chunk by chunk by kernels compiled for any length: each large tensor where
+    it lives, the small ones packed into one flat chunk per scalar slot."""
+
+    def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor],
+                 rule: Rule, kernels: list[Callable]) -> None:
+        super().__init__(optimizer, group, params, rule)
+        self.kernels = kernels
+        self.chunks: list[Chunk] = []
+        small: dict[int, list[int]] = {}
+        for index, (param, slot) in enumerate(zip(params, self.slot_of)):
+            if param.numel() >= SMALL_TENSOR or rule.own_chunk(param):
+                self.chunks.append(Chunk([param], rule.state_keys, [self.states[index]], False,
+                                         slot))
+            else:
+                small.setdefault(id(slot), []).append(index)
+        for indices in small.values():
+            self.chunks.append(Chunk([params[i] for i in indices], rule.state_keys,
+                                     [self.states[i] for i in indices], True,
+                                     self.slot_of[indices[0]]))
+        self.claim_state()
+
+    def step(self, group: dict[str, Any], params: list[torch.Tensor], grad_factor: float) -> None:
+        self.fill_slots(group, grad_factor)
+        for chunk in self.chunks:
+            param, grad = chunk.tensors()
+            apply_passes(self.kernels, param, grad, chunk.state, chunk.slot.tensor)
+            chunk.write_back()
+
+
+class GroupPlan(CompiledPlan):
+    """A small group stepped by one call of a kernel compiled for its shapes: every tensor where
+    it lives, no packing copies, one call (~10 us) per step instead of one per chunk."""
+
+    def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor],
+                 rule: Rule) -> None:
+        super().__init__(optimizer, group, params, rule)
+        slots = list(self.slots.values())
+        self.slot_tensors = [slot.tensor for slot in slots]
+        slot_index = tuple(slots.index(slot) for slot in self.slot_of)
+        self.kernels = group_kernels(rule, params, self.slot_tensors, slot_index)
+        if self.kernels is None:
+            return                               # build_plan takes the chunked plan instead
+        for state in self.states:
+            for key in rule.state_keys:
+                state[key] = state[key].contiguous()
+        self.state = [state[key] for state in self.states for key in rule.state_keys]
+        self.claim_state()
+
+    def step(self, group: dict[str, Any], params: list[torch.Tensor], grad_factor: float) -> None:
+        self.fill_slots(group, grad_factor)
+        results = self.kernels[0](*params, *[p.grad for p in params], *self.state,
+                                  *self.slot_tensors)
+        if len(self.kernels) > 1:                # LAMB: the update, with each tensor's norms
+            self.kernels[1](*params, *self.state, *self.slot_tensors, *results)
+
+
+def apply_passes(kernels: Sequence[Callable], param: torch.Tensor, grad: torch.Tensor,
+                 state: Sequence[torch.Tensor], scalars: torch.Tensor) -> None:
+    """A rule's passes over one chunk: one update, or (LAMB) the norms first, then the update."""
+    if len(kernels) == 1:
+        kernels[0](param, grad, *state, scalars)
+        return
+    weight_norm_sq, update_norm_sq = kernels[0](param, grad, *state, scalars)
+    kernels[1](param, *state, scalars, weight_norm_sq, update_norm_sq)
 
 
 def initial_state(optimizer: Any, param: torch.Tensor, group: dict[str, Any],
@@ -707,6 +839,10 @@ def build_plan(optimizer: Any, group: dict[str, Any], params: list[torch.Tensor]
                          f"{sorted(map(str, devices))} (compiled: float32, float64, one device)")
         return None
     (device,) = devices
+    if len(dtypes) == 1 and fits_group_kernel(params):
+        plan = GroupPlan(optimizer, group, params, rule)
+        if plan.kernels is not None:
+            return plan
     n_scalars = 5 + len(rule.scalars(group, 1, ChunkKey()))
     kernels = []
     for dtype in sorted(dtypes, key=str):
@@ -718,7 +854,13 @@ def build_plan(optimizer: Any, group: dict[str, Any], params: list[torch.Tensor]
     if len(dtypes) != 1:
         warn_unavailable(f"a group mixing dtypes {sorted(map(str, dtypes))}")
         return None
-    return CompiledPlan(optimizer, group, params, rule, kernels)
+    return ChunkedPlan(optimizer, group, params, rule, kernels)
+
+
+def fits_group_kernel(params: list[torch.Tensor]) -> bool:
+    """Small enough for one kernel compiled for the group's shapes (GroupPlan)."""
+    return (1 < len(params) <= GROUP_KERNEL_MAX_TENSORS
+            and sum(p.numel() for p in params) <= GROUP_KERNEL_MAX_NUMEL)
 
 
 def gradients_fit(params: list[torch.Tensor]) -> bool:
