@@ -45,6 +45,8 @@ CONFIG_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--decoupled", "decoupled (AdamW-form) weight decay (default: adamw only)", _BOOL),
     ("--decay-scaled-by-lr", "decoupled decay is lr*lambda (default) rather than lambda", _BOOL),
     ("--fused", "the optimizer's fast path (default on; --no-fused: the reference path)", _BOOL),
+    ("--compile", "compile the model's forward and backward with torch.compile (default off)",
+     _BOOL),
     ("--prox-l1", "proximal L1 strength in the optimizer: exact zeros", {"metavar": "LAM"}),
     ("--l1", "L1 penalty lam*sum|w| added to the loss", {"metavar": "LAM"}),
     ("--l2", "L2 penalty (lam/2)*sum w^2 added to the loss (both: elastic net)", {"metavar": "LAM"}),

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Protocol
 
 import torch
@@ -108,6 +109,7 @@ def _train(config, store, run_id: str | None, resume: bool, progress: Progress |
     torch.manual_seed(config.seed)  # the weights' initialization, then dropout
     data = load_dataset(config.dataset, config.data_dir, config.split_seed)
     model = build_model(config, data)
+    forward = CompiledForward(model) if config.compile else model
     optimizer = build_optimizer(config, model)
     steps_per_epoch = num_batches(len(data.train), config.batch_size)
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
@@ -139,7 +141,7 @@ def _train(config, store, run_id: str | None, resume: bool, progress: Progress |
             lr = optimizer.param_groups[0]["lr"]
             train_loss, train_accuracy = train_one_epoch(
                 model, optimizer, scheduler, penalty, data.train, config, batch_order,
-                progress, epoch,
+                progress, epoch, forward,
             )
             val_loss, val_accuracy = evaluate(model, data.val)
             seconds = time.perf_counter() - started
@@ -178,6 +180,31 @@ def _train(config, store, run_id: str | None, resume: bool, progress: Progress |
 
 
 # -- building the pieces -------------------------------------------------------------------------
+
+
+class CompiledForward:
+    """The model's training forward (and so its backward) through ``torch.compile``.
+
+    Only training batches go through it; evaluation stays eager, so validation and test numbers
+    come from one forward for every run. If compiling fails (no C++ compiler, an unsupported
+    model), it warns once and runs the model eagerly: the same run, slower.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.compiled = torch.compile(model)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                first_line = (str(error).strip().splitlines() or [""])[0][:200]
+                warnings.warn(f"torch.compile failed ({first_line}); running the model eagerly",
+                              RuntimeWarning, stacklevel=2)
+                self.compiled = None
+        return self.model(x)
+
 
 
 def build_model(config, data: Dataset) -> nn.Module:
@@ -267,8 +294,12 @@ def build_early_stopping(config) -> EarlyStopping:
 
 
 def train_one_epoch(model, optimizer, scheduler, penalty, split: Split, config,
-                    batch_order: torch.Generator, progress, epoch: int) -> tuple[float, float]:
+                    batch_order: torch.Generator, progress, epoch: int,
+                    forward=None) -> tuple[float, float]:
     """One pass over `split` in a fresh random order; returns (mean train loss, train accuracy).
+
+    `forward` computes the logits (default: the model itself; `regopt train --compile` passes a
+    CompiledForward of it).
 
     Loss and correct counts accumulate in tensors on the data's device: reading them (.item())
     would synchronize every batch, so it happens once per epoch, plus at most every
@@ -283,7 +314,7 @@ def train_one_epoch(model, optimizer, scheduler, penalty, split: Split, config,
     penalized = penalty.tensors_of(model) if penalty is not None else []  # selected once per epoch
     started = last_report = time.perf_counter()
     for index, (x, y) in enumerate(iterate_batches(split, config.batch_size, batch_order), start=1):
-        logits = model(x)
+        logits = (forward or model)(x)
         loss = F.cross_entropy(logits, y)
         objective = loss + penalty.compute(penalized) if penalized else loss
         optimizer.zero_grad(set_to_none=True)

@@ -208,3 +208,32 @@ def test_input_dropout_is_used_and_changes_training():
     dropped = fit(small(dropout=0.1, input_dropout=0.3))
     assert dropped["train_loss"] != plain["train_loss"]
     assert dropped["test_accuracy"] > 0.5
+
+
+def test_compiled_model_trains_like_the_eager_model_and_is_deterministic(tmp_path):
+    store = RunStore(tmp_path)
+    eager = fit(small(epochs=2), store)
+    compiled = [fit(small(epochs=2, compile=True), store) for _ in range(2)]
+    for key in ("test_accuracy", "train_loss", "weight_l2"):
+        assert compiled[0][key] == pytest.approx(eager[key], rel=1e-3, abs=1e-3), key
+    eager_weights, *weights = [torch.load(tmp_path / run["run_id"] / "model.pt", weights_only=True)
+                               for run in (eager, *compiled)]
+    assert weights[0].keys() == eager_weights.keys()       # the model's own keys, no "_orig_mod."
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name   # same seed, same numbers
+
+
+def test_compile_failure_warns_and_trains_eagerly(monkeypatch):
+    import torch._dynamo
+
+    def broken(model, *args, **kwargs):
+        def fail(x):
+            raise torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no cc"), None)
+        return fail
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed") as caught:
+        summary = fit(small(epochs=2, compile=True))
+    assert len([w for w in caught if "torch.compile failed" in str(w.message)]) == 1
+    eager = fit(small(epochs=2))
+    assert {k: v for k, v in summary.items() if k not in TIMING} == \
+        {k: v for k, v in eager.items() if k not in TIMING}

@@ -217,3 +217,12 @@ def test_a_store_being_created_reads_as_empty(tmp_path):
     sqlite3.connect(tmp_path / "regopt.db").close()  # the file exists, the schema not yet
     assert RunStore(tmp_path).list_runs() == []
     assert RunStore(tmp_path).experiments() == []
+
+
+def test_keys_added_later_leave_older_runs_hashes_alone():
+    from regopt.lab import RunConfig
+    from regopt.lab.store import config_hash
+    config = RunConfig().to_dict()
+    before_compile_existed = {k: v for k, v in config.items() if k != "compile"}
+    assert config_hash(config) == config_hash(before_compile_existed)
+    assert config_hash({**config, "compile": True}) != config_hash(config)

@@ -72,6 +72,7 @@ class RunConfig:
                g += lambda*theta; None -> the optimizer's default: True for adamw, else False),
                decay_scaled_by_lr (decoupled decay is lr*lambda, else lambda),
                fused (the optimizer's fast path, regopt.optim.fast; False: the reference path),
+               compile (run the model's forward and backward through torch.compile),
                prox_l1 (proximal L1 step in the optimizer: exact zeros), l1 / l2 (penalty terms
                added to the loss: lam*sum|w| and (lam/2)*sum w^2; both set -> elastic net),
                early_stopping (patience in epochs, or None), monitor (val_loss | val_accuracy;
@@ -105,6 +106,7 @@ class RunConfig:
     decoupled: bool | None = None
     decay_scaled_by_lr: bool = True
     fused: bool = True
+    compile: bool = False
     prox_l1: float = 0.0
     l1: float = 0.0
     l2: float = 0.0
@@ -326,6 +328,7 @@ _COERCE = {
     "decoupled": _optional(_as_bool),
     "decay_scaled_by_lr": _as_bool,
     "fused": _as_bool,
+    "compile": _as_bool,
     "prox_l1": _as_float,
     "l1": _as_float,
     "l2": _as_float,

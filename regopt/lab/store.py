@@ -403,9 +403,16 @@ def _run_row(row: tuple) -> dict[str, Any]:
     }
 
 
+LATER_KEYS = {"compile": False}
+"""Config keys added after runs were stored, with the value every older run had: a config hashes
+without them at that value, so runs stored before the key existed keep their hashes."""
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """SHA-256 of the config's canonical JSON (sorted keys): equal configs, equal hashes."""
-    canonical = json.dumps(_json_safe(dict(config)), sort_keys=True, separators=(",", ":"))
+    config = {key: value for key, value in config.items()
+              if key not in LATER_KEYS or value != LATER_KEYS[key]}
+    canonical = json.dumps(_json_safe(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
