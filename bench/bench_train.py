@@ -15,6 +15,17 @@ machine slows all of them alike), repeated, and medians are reported.
     python bench/bench_train.py --quality --seeds 0 1 2       # the 20-epoch accuracy target
     python bench/bench_train.py --fast --seeds 0 1 2          # the fast preset: time to 0.88
     python bench/bench_train.py --memory                      # peak memory, one epoch each
+    python bench/bench_train.py --compile                     # adds regopt with torch.compile
+    python bench/bench_train.py --device cuda                 # data, models and steps on a GPU
+
+With --isolated each loop instead runs in a fresh process of its own (one warm-up epoch, then
+the timed ones), the processes taking turns over --rounds rounds: what a user running one of the
+loops gets, without the other loops' tensors in the caches. Interleaving in one process is the
+default because it is the steadier comparison on a busy machine.
+
+With --compile a fourth loop runs regopt's engine with `regopt train --compile` (the model's
+forward and backward through torch.compile); its first epoch, which compiles, is reported apart
+and left out of the median.
 """
 
 from __future__ import annotations
@@ -30,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from regopt.data import load_dataset
-from regopt.engine import build_model, build_optimizer, evaluate, fit, train_one_epoch
+from regopt.engine import (CompiledForward, build_model, build_optimizer, evaluate, fit,
+                           train_one_epoch)
 from regopt.lab.config import RunConfig
 from regopt.models import build_mlp
 
@@ -50,7 +62,7 @@ class OneSampleDataset(torch.utils.data.Dataset):
 
 def classic_model_and_optimizer(data, seed: int):
     torch.manual_seed(seed)
-    model = build_mlp(data.num_features, data.num_classes)
+    model = build_mlp(data.num_features, data.num_classes).to(data.train.x.device)
     return model, torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
 
 
@@ -63,12 +75,16 @@ def train_step(model, optimizer, x, y) -> None:
 def dataloader_epochs(data, batch_size: int, seed: int):
     """Generator: each next() runs one epoch of loop (a) and yields its seconds."""
     model, optimizer = classic_model_and_optimizer(data, seed)
-    loader = torch.utils.data.DataLoader(OneSampleDataset(data.train.x, data.train.y),
-                                         batch_size=batch_size, shuffle=True)
+    device = data.train.x.device                 # the conventional loop: samples on the CPU,
+    loader = torch.utils.data.DataLoader(      # each batch moved to the device
+        OneSampleDataset(data.train.x.cpu(), data.train.y.cpu()), batch_size=batch_size,
+        shuffle=True)
     while True:
         started = time.perf_counter()
         for x, y in loader:
-            train_step(model, optimizer, x, y)
+            train_step(model, optimizer, x.to(device, non_blocking=True),
+                       y.to(device, non_blocking=True))
+        synchronize(device)
         yield time.perf_counter() - started
 
 
@@ -78,11 +94,17 @@ def in_memory_epochs(data, batch_size: int, seed: int):
     x_all, y_all = data.train.x, data.train.y
     while True:
         started = time.perf_counter()
-        order = torch.randperm(len(y_all))
+        order = torch.randperm(len(y_all), device=y_all.device)
         for start in range(0, len(y_all), batch_size):
             index = order[start:start + batch_size]
             train_step(model, optimizer, x_all[index], y_all[index])
+        synchronize(y_all.device)
         yield time.perf_counter() - started
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class EpochTimes:
@@ -101,31 +123,62 @@ class EpochTimes:
         self.rows.append(row)
 
 
-def regopt_epochs(data, batch_size: int, seed: int):
+def regopt_epochs(data, batch_size: int, seed: int, compile: bool = False):
     """Generator: each next() runs one epoch of regopt's engine (what `regopt train` runs each
     epoch: its batches, its optimizer with the fast path, then evaluation on the validation split)
-    and yields its seconds. Stepping the engine epoch by epoch lets the three loops interleave."""
-    config = RunConfig(dataset="fashion-mnist", batch_size=batch_size, seed=seed)
+    and yields its seconds. Stepping the engine epoch by epoch lets the loops interleave."""
+    config = RunConfig(dataset="fashion-mnist", batch_size=batch_size, seed=seed, compile=compile)
+    device = data.train.x.device
     torch.manual_seed(seed)
-    model = build_model(config, data)
+    model = build_model(config, data).to(device)
+    forward = CompiledForward(model) if compile else model
     optimizer = build_optimizer(config, model)
-    batch_order = torch.Generator().manual_seed(seed)
+    batch_order = torch.Generator(device=device).manual_seed(seed)
     for epoch in itertools.count(1):
         started = time.perf_counter()
-        train_one_epoch(model, optimizer, None, None, data.train, config, batch_order, None, epoch)
+        train_one_epoch(model, optimizer, None, None, data.train, config, batch_order, None, epoch,
+                        forward)
         evaluate(model, data.val)
+        synchronize(device)
         yield time.perf_counter() - started
 
 
-def compare_epoch_times(batch_size: int, epochs: int, seed: int = 0) -> dict[str, float]:
-    data = load_dataset("fashion-mnist")
+def compare_epoch_times(batch_size: int, epochs: int, seed: int = 0, compile: bool = False,
+                        device: str = "cpu") -> dict[str, float]:
+    data = load_dataset("fashion-mnist").to(device)
     loops = {"dataloader": dataloader_epochs(data, batch_size, seed),
              "in_memory": in_memory_epochs(data, batch_size, seed),
              "regopt": regopt_epochs(data, batch_size, seed)}
+    result = {}
+    if compile:
+        loops["compiled"] = regopt_epochs(data, batch_size, seed, compile=True)
+        result["compiled_first"] = next(loops["compiled"])     # compiles: reported apart
     times: dict[str, list[float]] = {name: [] for name in loops}
     for _ in range(epochs):
         for name, loop in loops.items():
             times[name].append(next(loop))
+    return {**result, **{name: statistics.median(values) for name, values in times.items()}}
+
+
+LOOPS = {"dataloader": dataloader_epochs, "in_memory": in_memory_epochs, "regopt": regopt_epochs}
+
+
+def print_epoch_times(loop: str, batch_size: int, epochs: int, seed: int = 0) -> None:
+    """Run in a fresh process by isolated_epoch_times: one warm-up epoch, then print the times."""
+    epochs_of = LOOPS[loop](load_dataset("fashion-mnist"), batch_size, seed)
+    next(epochs_of)
+    print(*[next(epochs_of) for _ in range(epochs)])
+
+
+def isolated_epoch_times(batch_size: int, epochs: int, rounds: int) -> dict[str, float]:
+    """Median epoch seconds of each loop, each run in fresh processes that take turns."""
+    times: dict[str, list[float]] = {name: [] for name in LOOPS}
+    for _ in range(rounds):
+        for name in LOOPS:
+            script = f"import bench_train as b; b.print_epoch_times({name!r}, {batch_size}, {epochs})"
+            result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                                    text=True, cwd=__file__.rsplit("/", 1)[0])
+            times[name] += [float(value) for value in result.stdout.split()]
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -200,8 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="the fast preset's time to 0.88")
     parser.add_argument("--memory", action="store_true", help="peak memory of one epoch each")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--isolated", action="store_true",
+                        help="each loop in fresh processes of its own, taking turns")
+    parser.add_argument("--rounds", type=int, default=3, help="--isolated: processes per loop")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time regopt's engine with the model compiled (torch.compile)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the epoch-time loops run (default cpu)")
     parser.add_argument("--markdown", help="append the result table to this file")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    if args.isolated and (args.compile or args.device != "cpu"):
+        parser.error("--isolated times the three CPU loops only (no --compile, no --device)")
 
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads", ""]
     if args.fast:
@@ -215,13 +279,23 @@ def main(argv: list[str] | None = None) -> int:
                   f"{mean:.4f} +- {std:.4f} (each: {', '.join(f'{a:.4f}' for a in accuracies)}); "
                   f"target >= 0.880"]
     else:
-        lines += ["| batch | (a) DataLoader s/epoch | (b) in-memory s/epoch | regopt s/epoch "
-                  "| (a) / regopt | regopt / (b) |", "|---|---|---|---|---|---|"]
+        compiled = " regopt --compile s/epoch (first epoch) | compiled / (b) |" * args.compile
+        mode = (f"each loop in its own processes, {args.rounds} rounds of {args.epochs} epochs"
+                if args.isolated else f"interleaved in one process, {args.epochs} epochs each")
+        lines += [f"device {args.device}, {mode}", "",
+                  "| batch | (a) DataLoader s/epoch | (b) in-memory s/epoch | regopt s/epoch "
+                  "| (a) / regopt | regopt / (b) |" + compiled,
+                  "|---|---|---|---|---|---|" + "---|---|" * args.compile]
         for batch_size in args.batch_sizes:
-            t = compare_epoch_times(batch_size, args.epochs)
+            t = isolated_epoch_times(batch_size, args.epochs, args.rounds) if args.isolated else \
+                compare_epoch_times(batch_size, args.epochs, compile=args.compile,
+                                    device=args.device)
             lines.append(f"| {batch_size} | {t['dataloader']:.3f} | {t['in_memory']:.3f} | "
                          f"{t['regopt']:.3f} | {t['dataloader'] / t['regopt']:.2f}x | "
                          f"{t['regopt'] / t['in_memory']:.3f} |")
+            if args.compile:
+                lines[-1] += (f" {t['compiled']:.3f} ({t['compiled_first']:.1f}) | "
+                              f"{t['compiled'] / t['in_memory']:.3f} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines)
     print(text)

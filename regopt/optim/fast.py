@@ -19,22 +19,28 @@ element once and writes it once. LARS and LAMB need a norm per tensor before the
 they take one more read pass, the minimum for those rules.
 
 - Compiling: the function is traced by ``make_fx`` over 1-D tensors of symbolic length and compiled
-  by ``torch._inductor.compile``, once per rule variant and dtype (never per model or tensor
-  shape), and cached on disk by Inductor's FX graph cache: a later process pays ~0.3 s per kernel
-  plus Inductor's start-up (~3 s, once). Calling the compiled function costs ~10 us; through
+  by ``torch._inductor.compile``, once per rule variant and dtype (for large groups never per
+  model or tensor shape), and cached on disk by Inductor's FX graph cache: a later process pays
+  ~0.3 s per kernel plus Inductor's start-up (~3 s, once). Calling the compiled function costs ~10 us; through
   ``torch.compile`` (TorchDynamo's frame evaluation, guards and wrappers) it cost 25-35 us here,
   as much as a whole fused Adam step of a small MLP. The learning rate, every hyperparameter and
   the step-dependent bias corrections travel in a tensor ``s`` of scalars (in the parameters'
   dtype, rounded as torch rounds a Python scalar for such tensors), so lr and weight-decay
   schedules never recompile: no TorchDynamo, hence no guards, in the loop.
-- Layout: a tensor of at least ``SMALL_TENSOR`` elements is updated where it lives (the parameter,
-  its ``.grad`` and its state tensors, no copies). The smaller tensors of a group (biases, norm
-  weights, small layers) are packed into one flat chunk, so that they cost one kernel call
-  together: their state lives in flat buffers (``optimizer.state[p]`` holds views of them, with the
-  reference's keys and shapes, so ``state_dict()`` is unchanged) and their parameters and gradients
-  are copied in and out around the call, which is cheap at that size. Packing large tensors would
-  cost 8 more bytes per parameter per step for the gradient copy (an Adam step moves 28), more than
-  the call it saves. The step counts of a group are views of one tensor too.
+- Layout, small groups (:class:`GroupPlan`): a group of at most ``GROUP_KERNEL_MAX_TENSORS``
+  tensors and ``GROUP_KERNEL_MAX_NUMEL`` elements (a small model: the classic MLP has 6 and 235k)
+  gets one kernel per pass compiled for its shapes, which updates every tensor where it lives in
+  one call. Its loops too short to share run on one thread, instead of opening a parallel region
+  per tensor. Compiled once per model shape and thread count, then cached on disk like the rest.
+- Layout, large groups (:class:`ChunkedPlan`): a tensor of at least ``SMALL_TENSOR`` elements is
+  updated where it lives (the parameter, its ``.grad`` and its state tensors, no copies), by a
+  kernel compiled for any length. The smaller tensors (biases, norm weights, small layers) are
+  packed into one flat chunk, so that they cost one kernel call together: their state lives in
+  flat buffers (``optimizer.state[p]`` holds views of them, with the reference's keys and shapes,
+  so ``state_dict()`` is unchanged) and their parameters and gradients are copied in and out
+  around the call, which is cheap at that size. Packing large tensors would cost 8 more bytes per
+  parameter per step for the gradient copy (an Adam step moves 28), more than the call it saves.
+  The step counts of a group are views of one tensor too.
 - torch's own fused kernels (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``,
   ``_fused_adagrad_``) run the step where regopt's formula is exactly theirs (no ``l1``; decay
   coupled, or decoupled and scaled by lr): on large tensors they are as fast as the compiled loop,
