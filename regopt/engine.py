@@ -49,7 +49,7 @@ from torch import nn
 from regopt.data import Dataset, Split, evaluation_batches, iterate_batches, load_dataset, num_batches
 from regopt.errors import CheckpointError, ConfigError, UserError
 from regopt.models import build_mlp, count_parameters
-from regopt.optim import get_optimizer
+from regopt.optim import fast, get_optimizer
 from regopt.regularize import L1, L2, EarlyStopping, ElasticNet, decayed_parameters, param_groups
 from regopt.regularize.penalties import sum_abs, sum_squares
 
@@ -63,8 +63,16 @@ SUMMARY_KEYS = (
     "run_id", "dataset", "optimizer", "test_accuracy", "test_loss", "train_accuracy", "train_loss",
     "generalization_gap", "best_val_accuracy", "best_val_loss", "best_epoch", "epochs_run",
     "stop_reason", "restored_best", "train_seconds", "samples_per_second", "zero_fraction",
-    "weight_l1", "weight_l2", "num_parameters",
+    "weight_l1", "weight_l2", "num_parameters", "optimizer_path",
 )
+COMPILE_PAYOFF = 2e9
+"""Element-steps (parameters x optimizer steps) from which a run compiles the fast path's kernels.
+
+Compiled kernels save about 1-5 ns per element-step over the reference path, and cost ~4 s to
+load from Inductor's disk cache (~15 s to compile the first time): a shorter run takes the
+reference path, with the same numbers within float tolerance. torch's own fused kernels cost
+nothing to start and are always used. The choice depends on the config and the data only, so a
+seed still fixes a run."""
 
 
 class Progress(Protocol):
@@ -110,8 +118,8 @@ def _train(config, store, run_id: str | None, resume: bool, progress: Progress |
     data = load_dataset(config.dataset, config.data_dir, config.split_seed)
     model = build_model(config, data)
     forward = CompiledForward(model) if config.compile else model
-    optimizer = build_optimizer(config, model)
     steps_per_epoch = num_batches(len(data.train), config.batch_size)
+    optimizer = build_optimizer(config, model, total_steps=config.epochs * steps_per_epoch)
     scheduler = build_scheduler(config, optimizer, steps_per_epoch)
     penalty = build_penalty(config)
     stopper = build_early_stopping(config)
@@ -165,6 +173,7 @@ def _train(config, store, run_id: str | None, resume: bool, progress: Progress |
         # -- 3. the end -------------------------------------------------------------------------
         summary = _summarize(config, run_id, model, stopper, data, history,
                              stop_reason or f"completed {config.epochs} epochs")
+        summary["optimizer_path"] = optimizer_path(optimizer)
         if store is not None:
             store.save_model(run_id, model.state_dict())
             store.finish_run(run_id, summary)
@@ -215,10 +224,12 @@ def build_model(config, data: Dataset) -> nn.Module:
                      batchnorm=config.batchnorm)
 
 
-def build_optimizer(config, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config, model: nn.Module, total_steps: int | None = None) -> torch.optim.Optimizer:
     """The optimizer by name, over two groups: decayed tensors (weight_decay, proximal l1) and the rest.
 
     Options the config resolved to None are ones this optimizer does not take, and are left out.
+    With config.fused, a run of `total_steps` too short to pay for compiled kernels
+    (COMPILE_PAYOFF) takes the reference path instead.
     """
     optimizer_class = get_optimizer(config.optimizer)
     options = {key: getattr(config, key) for key in OPTIMIZER_OPTIONS if getattr(config, key) is not None}
@@ -226,13 +237,19 @@ def build_optimizer(config, model: nn.Module) -> torch.optim.Optimizer:
         options["betas"] = tuple(options["betas"])
     groups = param_groups(model, weight_decay=config.weight_decay, l1=config.prox_l1)
     try:
-        return optimizer_class(groups, lr=config.lr, decoupled_weight_decay=bool(config.decoupled),
-                               decay_scaled_by_lr=config.decay_scaled_by_lr,
-                               fused=config.fused, **options)
+        optimizer = optimizer_class(groups, lr=config.lr,
+                                    decoupled_weight_decay=bool(config.decoupled),
+                                    decay_scaled_by_lr=config.decay_scaled_by_lr,
+                                    fused=config.fused, **options)
     except UserError:
         raise
     except (ValueError, TypeError) as error:  # the optimizer's own argument checks
         raise ConfigError(f"optimizer {config.optimizer!r}: {error}") from None
+    if (config.fused and total_steps is not None and fast.compiles(optimizer)
+            and total_steps * count_parameters(model) < COMPILE_PAYOFF):
+        for group in optimizer.param_groups:
+            group["fused"] = False
+    return optimizer
 
 
 def build_scheduler(config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -437,6 +454,13 @@ def _restore_training_state(checkpoint, model, optimizer, scheduler, stopper, ba
 
 
 # -- the summary ----------------------------------------------------------------------------------
+
+
+def optimizer_path(optimizer: torch.optim.Optimizer) -> str:
+    """How the optimizer stepped: "torch kernels", "compiled" or "reference" (per group, joined)."""
+    names = {"torch": "torch kernels", "compiled": "compiled", "reference": "reference"}
+    return " + ".join(dict.fromkeys(names.get(engine, "reference")
+                                    for engine in fast.engines(optimizer)))
 
 
 def _summarize(config, run_id, model, stopper, data: Dataset, history, stop_reason) -> dict[str, Any]:

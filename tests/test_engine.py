@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from regopt import engine
 from regopt.engine import SUMMARY_KEYS, fit
 from regopt.errors import CheckpointError, ConfigError, DataError
 from regopt.lab import RunConfig, RunStore
@@ -194,11 +195,15 @@ def test_fit_leaves_the_callers_rng_and_threads_alone():
     assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
 
 
-@pytest.mark.parametrize("changes", [{}, {"prox_l1": 0.05, "optimizer": "sgd", "momentum": 0.9},
-                                     {"optimizer": "rmsprop", "lr": 1e-3}])
-def test_fast_path_and_reference_path_train_alike(changes):
+@pytest.mark.parametrize("changes,path", [
+    ({}, "torch kernels"),
+    ({"prox_l1": 0.05, "optimizer": "sgd", "momentum": 0.9}, "compiled + torch kernels"),
+    ({"optimizer": "rmsprop", "lr": 1e-3}, "compiled")])
+def test_fast_path_and_reference_path_train_alike(changes, path, monkeypatch):
+    monkeypatch.setattr(engine, "COMPILE_PAYOFF", 0)         # compile even for this short run
     fast = fit(small(**changes))
     reference = fit(small(fused=False, **changes))
+    assert (fast["optimizer_path"], reference["optimizer_path"]) == (path, "reference")
     for key in ("test_accuracy", "train_loss", "weight_l2", "zero_fraction"):
         assert fast[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-3), key
 
@@ -237,3 +242,11 @@ def test_compile_failure_warns_and_trains_eagerly(monkeypatch):
     eager = fit(small(epochs=2))
     assert {k: v for k, v in summary.items() if k not in TIMING} == \
         {k: v for k, v in eager.items() if k not in TIMING}
+
+
+def test_a_run_too_short_to_pay_for_compiling_takes_the_reference_path(monkeypatch):
+    short = small(optimizer="rmsprop", lr=1e-3)       # 3 epochs x 19 batches x 804 parameters
+    assert fit(short)["optimizer_path"] == "reference"
+    assert fit(small())["optimizer_path"] == "torch kernels"   # torch's kernels: nothing to compile
+    monkeypatch.setattr(engine, "COMPILE_PAYOFF", 3 * 19 * 804)
+    assert fit(short)["optimizer_path"] == "compiled"

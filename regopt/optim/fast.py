@@ -912,6 +912,14 @@ class Unsupported:
     engine: str = "reference"
 
 
+def compiles(optimizer: Any) -> bool:
+    """Whether the fast path of some group of ``optimizer`` needs compiled kernels, that is, more
+    than torch's fused kernels (which cost nothing to start)."""
+    return any(group.get("fused") and group["params"]
+               and torch_kernel_for(optimizer, group, list(group["params"])) is None
+               for group in optimizer.param_groups)
+
+
 def engines(optimizer: Any) -> list[str]:
     """Per group: "compiled", "torch" or "reference", the path of its last step ("-": none yet)."""
     plans = optimizer.__dict__.get("_regopt_fast")
