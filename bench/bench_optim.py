@@ -14,8 +14,9 @@ variant:
 Variants step in turn, one timed step each per round, so that a noisy machine slows them alike;
 tables give medians. Each timed step follows an untimed step of the same variant (warm caches,
 as when stepping in a loop), or with ``--cold`` a flush of the caches (as in training, where
-forward and backward passes run between steps). The same run measures the machine's in-place
-bandwidth (``x.add_(1)`` on a large tensor: 8 bytes moved per element) and, per rule, the bound:
+forward and backward passes run between steps). Every race also times the machine's in-place
+bandwidth (``x.add_(1)`` on a tensor larger than the caches: 8 bytes moved per element), so a
+machine whose speed drifts moves the bound with the variants; per rule, the bound is
 the minimum bytes a step must move per parameter (Adam reads p, g, m, v and writes p, m, v: 28
 bytes in float32) at that bandwidth. Gradients stay in place between steps, as after a backward
 pass; the fast path still copies the gradients of its packed small tensors every step, so that is
@@ -168,11 +169,20 @@ def before_timed_step(variant: Variant) -> None:
         variant.prepare()
 
 
-def race(variants: list[Variant], repeats: int, device: torch.device, warmup: int = 3) -> None:
+PROBE_MEGABYTES = 128
+"""The bandwidth probe's tensor: x.add_(1) over 4x the L3 cache here, so it runs at memory speed."""
+
+
+def race(variants: list[Variant], repeats: int, device: torch.device, warmup: int = 3) -> float:
     """Step every variant once per round, ``repeats`` rounds after ``warmup``; record each time.
 
     Interleaving makes a noisy machine (other processes, frequency changes) slow all variants
-    alike, which back-to-back blocks of steps do not."""
+    alike, which back-to-back blocks of steps do not. A bandwidth probe, x.add_(1) on a tensor
+    larger than the caches, runs in every round too: returns its in-place bandwidth (bytes per
+    second), measured side by side with the variants, for their bounds."""
+    probe_tensor = torch.zeros(PROBE_MEGABYTES * 2**20 // 4, device=device)
+    probe = Variant("bandwidth probe", lambda: probe_tensor.add_(1.0))
+    variants = [*variants, probe]
     for variant in variants:
         for _ in range(warmup):
             if variant.prepare is not None:
@@ -186,6 +196,7 @@ def race(variants: list[Variant], repeats: int, device: torch.device, warmup: in
             variant.step()
             synchronize(device)
             variant.times.append(time.perf_counter() - started)
+    return 2 * probe_tensor.nbytes / probe.median
 
 
 @contextlib.contextmanager
@@ -246,14 +257,6 @@ def state_bytes(optimizer) -> int:
 
 # -- the measurements ------------------------------------------------------------------------------
 
-def in_place_bandwidth(device: torch.device, megabytes: int, repeats: int) -> float:
-    """Bytes per second of x.add_(1) (reads and writes every element) on a large tensor."""
-    x = torch.zeros(megabytes * 2**20 // 4, device=device)
-    variant = Variant("add_", lambda: x.add_(1.0))
-    race([variant], repeats, device, warmup=3)
-    return 2 * x.nbytes / variant.median
-
-
 def fixed_step_costs(device: torch.device, repeats: int) -> tuple[float, float]:
     """Seconds of a step that moves almost no memory: torch.optim.Adam(fused=True) on one
     1-element tensor, and regopt's compiled RMSprop on two. What a step costs at any size (the
@@ -275,15 +278,16 @@ class StepResult:
     numel: int
     variants: list[Variant]
     engine: str
+    bandwidth: float          # in-place bytes per second, measured in the same race
 
 
 def bench_rule(name: str, size: str, device, repeats: int) -> StepResult:
     rule, shapes = RULES[name], shapes_of(size)
     variants = regopt_variants(rule, shapes, device) + torch_variants(rule, shapes, device, repeats)
-    race(variants, repeats, device)
+    bandwidth = race(variants, repeats, device)
     engine = "/".join(sorted(set(fast.engines(variants[1].optimizer))))
     numel = sum(math.prod(shape) for shape in shapes)
-    return StepResult(name, size, numel, variants, engine)
+    return StepResult(name, size, numel, variants, engine, bandwidth)
 
 
 def soft_threshold_(params, threshold: float) -> None:
@@ -291,7 +295,7 @@ def soft_threshold_(params, threshold: float) -> None:
         torch._C._nn.softshrink(p, threshold, out=p)
 
 
-def bench_regularized(size: str, device, repeats: int) -> tuple[int, list[Variant]]:
+def bench_regularized(size: str, device, repeats: int) -> tuple[int, list[Variant], float]:
     """Adam + decoupled decay + prox L1 + global-norm clipping: regopt, and torch's composition."""
     shapes = shapes_of(size)
     lr, decay, l1 = 1e-3, 1e-2, 1e-4
@@ -321,8 +325,8 @@ def bench_regularized(size: str, device, repeats: int) -> tuple[int, list[Varian
             soft_threshold_(params, lr * l1)
     variants.append(Variant("torch clip + fused AdamW + softshrink", torch_step, adamw,
                             fresh_gradients(params)))
-    race(variants, repeats, device)
-    return sum(math.prod(shape) for shape in shapes), variants
+    bandwidth = race(variants, repeats, device)
+    return sum(math.prod(shape) for shape in shapes), variants, bandwidth
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -335,7 +339,7 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e6:.0f} us"
 
 
-def step_table(results: list[StepResult], bandwidth: float, fixed: float) -> list[str]:
+def step_table(results: list[StepResult], fixed: float) -> list[str]:
     """One row per (size, rule); ``fixed``: the fixed cost of a step (fixed_step_costs, torch's)."""
     lines = ["| params | rule | regopt reference | regopt fast (engine) | compiled only | "
              "torch best (variant) | fast / torch | bound | fast / bound | "
@@ -347,7 +351,7 @@ def step_table(results: list[StepResult], bandwidth: float, fixed: float) -> lis
         compiled = by_name.get("regopt compiled")
         torch_v = next((v for v in r.variants if v.name.startswith("torch")), None)
         traffic = RULES[r.rule].bytes_per_param * r.numel
-        bound = traffic / bandwidth
+        bound = traffic / r.bandwidth
         cells = [
             r.size, r.rule, fmt_time(reference.median),
             f"{fmt_time(fast_v.median)} ({r.engine})",
@@ -363,10 +367,10 @@ def step_table(results: list[StepResult], bandwidth: float, fixed: float) -> lis
     return lines
 
 
-def regularized_table(rows: list[tuple[str, int, list[Variant]]], bandwidth: float) -> list[str]:
+def regularized_table(rows: list[tuple[str, int, list[Variant], float]]) -> list[str]:
     lines = ["| params | regopt reference | regopt fast | torch composition | fast / torch | "
              "bound (32 B/param) | fast / bound |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for size, numel, variants in rows:
+    for size, numel, variants, bandwidth in rows:
         reference, fast_v, torch_v = variants
         bound = 32 * numel / bandwidth
         lines.append(f"| {size} | {fmt_time(reference.median)} | {fmt_time(fast_v.median)} | "
@@ -432,8 +436,6 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (7 if args.quick else 15)
 
-    bandwidth = in_place_bandwidth(device, 64 if args.quick else 512, max(repeats, 5))
-    print(f"in-place bandwidth (x.add_(1)): {bandwidth / 1e9:.1f} GB/s", flush=True)
     fixed = fixed_step_costs(device, repeats)
     print(f"fixed step cost: torch fused Adam {fmt_time(fixed[0])}, regopt compiled RMSprop "
           f"{fmt_time(fixed[1])}", flush=True)
@@ -441,34 +443,37 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         for name in args.rules:
             results.append(bench_rule(name, size, device, repeats))
-            print("\n".join(step_table(results[-1:], bandwidth, fixed[0])[2:]), flush=True)
+            print("\n".join(step_table(results[-1:], fixed[0])[2:]), flush=True)
             if size != sizes[0]:        # the state table reads only the first size's optimizers
                 release(results[-1].variants)
     regularized = []
     for size in sizes:
-        numel, variants = bench_regularized(size, device, repeats)
-        regularized.append((size, numel, variants))
-        print("\n".join(regularized_table(regularized[-1:], bandwidth)[2:]), flush=True)
+        numel, variants, bandwidth = bench_regularized(size, device, repeats)
+        regularized.append((size, numel, variants, bandwidth))
+        print("\n".join(regularized_table(regularized[-1:])[2:]), flush=True)
         release(variants)
+    bandwidths = sorted(r.bandwidth for r in results) + sorted(row[3] for row in regularized)
 
     section = [
         "## Optimizer step (bench/bench_optim.py)", "",
         f"{torch.__version__}, {args.device}, {torch.get_num_threads()} threads, medians of "
         f"{repeats} interleaved {'cold' if args.cold else 'warm'} steps"
-        f"{' (--quick)' if args.quick else ''}. In-place bandwidth "
-        f"(x.add_(1)): {bandwidth / 1e9:.1f} GB/s. Bound: the rule's minimum bytes per parameter "
-        "at that bandwidth (sgd 12, momentum/nesterov/adagrad/rmsprop 20, adam/adamw 28, amsgrad "
-        "36, lars 28, lamb 40).", "",
+        f"{' (--quick)' if args.quick else ''}. In-place bandwidth (x.add_(1) on "
+        f"{PROBE_MEGABYTES} MB, timed in every race beside the variants): median "
+        f"{statistics.median(bandwidths) / 1e9:.1f} GB/s, {min(bandwidths) / 1e9:.1f}-"
+        f"{max(bandwidths) / 1e9:.1f} over the races. Bound: the rule's minimum bytes per "
+        "parameter at the bandwidth of its own race (sgd 12, momentum/nesterov/adagrad/rmsprop "
+        "20, adam/adamw 28, amsgrad 36, lars 28, lamb 40).", "",
         f"Fixed cost of a step that moves almost no memory (the optimizer API, its hooks and the "
         f"kernel launch): torch.optim.Adam(fused=True) on one 1-element tensor "
         f"{fmt_time(fixed[0])}, regopt's compiled RMSprop on two {fmt_time(fixed[1])}. "
         "`fast / (bound + fixed)` adds torch's fixed cost to the bound: the least a step through "
         "torch.optim's API can take, which matters at the MLP's size.", "",
-        *step_table(results, bandwidth, fixed[0]), "",
+        *step_table(results, fixed[0]), "",
         "### Regularized step: Adam + decoupled decay + prox L1 + global-norm clipping", "",
         "regopt: `fast.clipped_step(Adam(..., decoupled_weight_decay=True, l1=...))`; torch: "
         "`clip_grad_norm_` + `AdamW(fused=True)` + `softshrink(p, out=p)`.", "",
-        *regularized_table(regularized, bandwidth), "",
+        *regularized_table(regularized), "",
         "### Optimizer state, bytes per parameter", "",
         *state_table(results), "",
     ]
