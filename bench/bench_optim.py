@@ -394,7 +394,7 @@ def state_table(results: list[StepResult]) -> list[str]:
         torch_v = next((v for v in r.variants if v.name.startswith("torch")), None)
         lines.append(f"| {r.rule} | {RULES[r.rule].state_per_param} | "
                      f"{per(by_name['regopt reference']):.1f} | {per(fast_v):.1f} "
-                     f"(+{workspace:.2f}) | {per(torch_v) if torch_v else float('nan'):.1f} |")
+                     f"(+{workspace:.2f}) | {f'{per(torch_v):.1f}' if torch_v else 'none'} |")
     return lines
 
 
