@@ -1,0 +1,40 @@
+"""The benchmark scripts still run end to end (a smoke run: tiny sizes, few repeats)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module                  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_optim_writes_its_section_and_keeps_the_rest(tmp_path):
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text("# Benchmarks\n\nhand-written text\n")
+    bench = load("bench_optim")
+    assert bench.main(["--sizes", "3x1000", "--rules", "adam", "rmsprop", "--repeats", "2",
+                       "--markdown", str(markdown)]) == 0
+    text = markdown.read_text()
+    assert text.startswith("# Benchmarks\n\nhand-written text\n")
+    rows = [line for line in text.splitlines() if line.startswith("| 3x1000 |")]
+    assert [row.split(" | ")[1] for row in rows[:2]] == ["adam", "rmsprop"]
+    assert "(torch)" in rows[0] and "(compiled)" in rows[1]     # the engine that ran each
+    assert len(rows) == 3                                       # + the regularized step
+    first = text
+    assert bench.main(["--sizes", "3x1000", "--rules", "sgd", "--repeats", "2",
+                       "--markdown", str(markdown)]) == 0        # replaces its section
+    text = markdown.read_text()
+    assert text.count("<!-- bench_optim:start -->") == 1 and "| 3x1000 | sgd |" in text
+    assert "| 3x1000 | rmsprop |" not in text and first != text
