@@ -384,3 +384,23 @@ def test_sparse_gradients_still_raise_the_reference_error():
     embedding(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="does not support sparse gradients"):
         optimizer.step()
+
+
+def test_changing_the_thread_count_rebuilds_the_plan_and_keeps_the_numbers():
+    threads = torch.get_num_threads()
+    options = dict(lr=1e-3, momentum=0.9, l1=1e-4)
+    data = batches(12)
+    models = make_model(), make_model()
+    optimizers = ro.RMSprop(models[0].parameters(), fused=True, **options), \
+        ro.RMSprop(models[1].parameters(), **options)
+    try:
+        for count, part in ((1, data[:6]), (2, data[6:])):
+            torch.set_num_threads(count)
+            for model, optimizer in zip(models, optimizers):
+                train(model, optimizer, part)
+            assert fast.cache_of(optimizers[0]).plans[id(optimizers[0].param_groups[0])].key[2] \
+                == count
+    finally:
+        torch.set_num_threads(threads)
+    assert layouts_of(optimizers[0]) == ["GroupPlan"]
+    assert_same(*models, *optimizers)

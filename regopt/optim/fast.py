@@ -620,7 +620,7 @@ class CompiledPlan:
     def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor],
                  rule: Rule) -> None:
         self.optimizer, self.rule = optimizer, rule
-        self.key = (tuple(map(id, params)), structure(group))
+        self.key = plan_key(group, params)
         self.states = [initial_state(optimizer, p, group, rule) for p in params]
         self.steps = StepCounts(self.states) if rule.counts_steps else None
         self.slots: dict[ChunkKey, ScalarSlot] = {}
@@ -744,7 +744,7 @@ class TorchKernelPlan:
     def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor],
                  kind: str) -> None:
         self.kind = kind
-        self.key = (tuple(map(id, params)), structure(group))
+        self.key = plan_key(group, params)
         self.states = [optimizer._state_of(p, group) for p in params]
         self.steps = StepCounts(self.states) if "step" in self.states[0] else None
         self.lists = {key: [state[key] for state in self.states]
@@ -869,6 +869,12 @@ def fits_group_kernel(params: list[torch.Tensor]) -> bool:
             and sum(p.numel() for p in params) <= GROUP_KERNEL_MAX_NUMEL)
 
 
+def plan_key(group: dict[str, Any], params: list[torch.Tensor]) -> tuple:
+    """What a plan is built for: these parameters, these structural options, this thread count
+    (kernels compiled for a group's shapes are compiled for a thread count too)."""
+    return tuple(map(id, params)), structure(group), torch.get_num_threads()
+
+
 def gradients_fit(params: list[torch.Tensor]) -> bool:
     """Dense, contiguous gradients of the parameter's dtype (else: the reference path)."""
     for p in params:
@@ -889,7 +895,7 @@ def step_group(optimizer: Any, group: dict[str, Any]) -> bool:
         return True
     cache = cache_of(optimizer)
     plan = cache.plans.get(id(group))
-    key = (tuple(map(id, params)), structure(group))
+    key = plan_key(group, params)
     if plan is None or plan.key != key:
         if gradients_fit(params):
             plan = build_plan(optimizer, group, params)
