@@ -173,16 +173,18 @@ PROBE_MEGABYTES = 128
 """The bandwidth probe's tensor: x.add_(1) over 4x the L3 cache here, so it runs at memory speed."""
 
 
-def race(variants: list[Variant], repeats: int, device: torch.device, warmup: int = 3) -> float:
+def race(variants: list[Variant], repeats: int, device: torch.device, warmup: int = 3,
+         probe: bool = True) -> float:
     """Step every variant once per round, ``repeats`` rounds after ``warmup``; record each time.
 
     Interleaving makes a noisy machine (other processes, frequency changes) slow all variants
     alike, which back-to-back blocks of steps do not. A bandwidth probe, x.add_(1) on a tensor
     larger than the caches, runs in every round too: returns its in-place bandwidth (bytes per
-    second), measured side by side with the variants, for their bounds."""
-    probe_tensor = torch.zeros(PROBE_MEGABYTES * 2**20 // 4, device=device)
-    probe = Variant("bandwidth probe", lambda: probe_tensor.add_(1.0))
-    variants = [*variants, probe]
+    second), measured side by side with the variants, for their bounds (probe=False: no probe,
+    returns 0)."""
+    probe_tensor = torch.zeros(PROBE_MEGABYTES * 2**20 // 4 if probe else 1, device=device)
+    probe_variant = Variant("bandwidth probe", lambda: probe_tensor.add_(1.0))
+    variants = [*variants, probe_variant] if probe else variants
     for variant in variants:
         for _ in range(warmup):
             if variant.prepare is not None:
@@ -196,7 +198,7 @@ def race(variants: list[Variant], repeats: int, device: torch.device, warmup: in
             variant.step()
             synchronize(device)
             variant.times.append(time.perf_counter() - started)
-    return 2 * probe_tensor.nbytes / probe.median
+    return 2 * probe_tensor.nbytes / probe_variant.median if probe else 0.0
 
 
 @contextlib.contextmanager
@@ -267,7 +269,7 @@ def fixed_step_costs(device: torch.device, repeats: int) -> tuple[float, float]:
     ours = ro.RMSprop(tiny(2), fused=True)
     variants = [Variant("torch fused Adam", theirs.step, theirs),
                 Variant("regopt compiled RMSprop", ours.step, ours)]
-    race(variants, max(repeats, 101), device)
+    race(variants, max(repeats, 101), device, probe=False)   # a probe would evict their caches
     return variants[0].median, variants[1].median
 
 
