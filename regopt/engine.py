@@ -215,7 +215,6 @@ class CompiledForward:
         return self.model(x)
 
 
-
 def build_model(config, data: Dataset) -> nn.Module:
     """The MLP num_features -> hidden... -> num_classes (input size from the data set)."""
     return build_mlp(data.num_features, data.num_classes, hidden=tuple(config.hidden),
@@ -245,10 +244,10 @@ def build_optimizer(config, model: nn.Module, total_steps: int | None = None) ->
         raise
     except (ValueError, TypeError) as error:  # the optimizer's own argument checks
         raise ConfigError(f"optimizer {config.optimizer!r}: {error}") from None
-    if (config.fused and total_steps is not None and fast.compiles(optimizer)
-            and total_steps * count_parameters(model) < COMPILE_PAYOFF):
-        for group in optimizer.param_groups:
-            group["fused"] = False
+    if total_steps is not None and total_steps * count_parameters(model) < COMPILE_PAYOFF:
+        for group in optimizer.param_groups:       # torch's kernels stay: nothing to compile
+            if fast.compiles(optimizer, group):
+                group["fused"] = False
     return optimizer
 
 
@@ -323,6 +322,7 @@ def train_one_epoch(model, optimizer, scheduler, penalty, split: Split, config,
     PROGRESS_INTERVAL_S for a progress bar.
     """
     model.train()
+    forward = forward if forward is not None else model
     device = split.x.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -331,7 +331,7 @@ def train_one_epoch(model, optimizer, scheduler, penalty, split: Split, config,
     penalized = penalty.tensors_of(model) if penalty is not None else []  # selected once per epoch
     started = last_report = time.perf_counter()
     for index, (x, y) in enumerate(iterate_batches(split, config.batch_size, batch_order), start=1):
-        logits = (forward or model)(x)
+        logits = forward(x)
         loss = F.cross_entropy(logits, y)
         objective = loss + penalty.compute(penalized) if penalized else loss
         optimizer.zero_grad(set_to_none=True)

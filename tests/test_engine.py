@@ -248,5 +248,7 @@ def test_a_run_too_short_to_pay_for_compiling_takes_the_reference_path(monkeypat
     short = small(optimizer="rmsprop", lr=1e-3)       # 3 epochs x 19 batches x 804 parameters
     assert fit(short)["optimizer_path"] == "reference"
     assert fit(small())["optimizer_path"] == "torch kernels"   # torch's kernels: nothing to compile
+    prox = small(prox_l1=0.05, optimizer="sgd", momentum=0.9)    # per group: the biases keep them
+    assert fit(prox)["optimizer_path"] == "reference + torch kernels"
     monkeypatch.setattr(engine, "COMPILE_PAYOFF", 3 * 19 * 804)
     assert fit(short)["optimizer_path"] == "compiled"

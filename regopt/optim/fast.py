@@ -938,12 +938,11 @@ class Unsupported:
     engine: str = "reference"
 
 
-def compiles(optimizer: Any) -> bool:
-    """Whether the fast path of some group of ``optimizer`` needs compiled kernels, that is, more
-    than torch's fused kernels (which cost nothing to start)."""
-    return any(group.get("fused") and group["params"]
-               and torch_kernel_for(optimizer, group, list(group["params"])) is None
-               for group in optimizer.param_groups)
+def compiles(optimizer: Any, group: dict[str, Any]) -> bool:
+    """Whether the fast path of this group needs compiled kernels, that is, more than torch's
+    fused kernels (which cost nothing to start)."""
+    return bool(group.get("fused") and group["params"]
+                and torch_kernel_for(optimizer, group, list(group["params"])) is None)
 
 
 def engines(optimizer: Any) -> list[str]:
