@@ -22,9 +22,9 @@ returns the tensor's step size (so the update's loop does not recompute it per e
 - Compiling: the function is traced by ``make_fx`` over 1-D tensors of symbolic length and compiled
   by ``torch._inductor.compile``, once per rule variant and dtype (for large groups never per
   model or tensor shape), and cached on disk by Inductor's FX graph cache: a later process pays
-  ~0.3 s per kernel plus Inductor's start-up (~3 s, once). Calling the compiled function costs ~10 us; through
-  ``torch.compile`` (TorchDynamo's frame evaluation, guards and wrappers) it cost 25-35 us here,
-  as much as a whole fused Adam step of a small MLP. The learning rate, every hyperparameter and
+  ~0.3 s per kernel plus Inductor's start-up (~3 s, once). Calling the compiled function costs
+  ~10 us; through ``torch.compile`` (TorchDynamo's frame evaluation, guards and wrappers) it cost
+  25-35 us here, as much as a whole fused Adam step of a small MLP. The learning rate, every hyperparameter and
   the step-dependent bias corrections travel in a tensor ``s`` of scalars (in the parameters'
   dtype, rounded as torch rounds a Python scalar for such tensors), so lr and weight-decay
   schedules never recompile: no TorchDynamo, hence no guards, in the loop.
@@ -218,8 +218,9 @@ def rmsprop_rule(centered: bool, momentum: bool) -> Callable[..., torch.Tensor]:
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
-    """||x||, summed in float64: Inductor sums float32 through a cascade-summation helper that ran
-    at a third of memory speed here; float64 accumulators are as exact and run at memory speed."""
+    """||x||, summed in float64: Inductor sums float32 through a cascade-summation helper that
+    keeps its partial sums in memory; float64 accumulators stay in registers and are at least as
+    exact (the A/B in BENCHMARKS.md)."""
     return torch.linalg.vector_norm(x, dtype=torch.float64).to(x.dtype)
 
 
@@ -234,8 +235,8 @@ def lars_step_size(p, g, v, s):
     """LARS, first pass: lr local_lr, local_lr = eta ||w|| / (||g|| + beta ||w|| + eps), 0-d.
 
     A pass of its own, so that the scalar is computed once per tensor: fused into the update's
-    loop, Inductor evaluated its square roots and division in every iteration (~3x the loop's
-    memory time). s[5:10] = m, beta (0 for excluded tensors), eta, eps, adapted (1 or 0).
+    loop, Inductor evaluated its square roots and division in every iteration, which made the
+    loop compute-bound. s[5:10] = m, beta (0 for excluded tensors), eta, eps, adapted (1 or 0).
     """
     theta, g = p * s[KEEP], g * s[GRAD_FACTOR]
     weight_norm = norm(theta)
