@@ -700,7 +700,7 @@ class ChunkedPlan(CompiledPlan):
         self.fill_slots(group, grad_factor)
         for chunk in self.chunks:
             param, grad = chunk.tensors()
-            apply_passes(self.kernels, param, grad, chunk.state, chunk.slot.tensor)
+            apply_passes(self.kernels, param, grad, *chunk.state, chunk.slot.tensor)
             chunk.write_back()
 
 
@@ -725,19 +725,16 @@ class GroupPlan(CompiledPlan):
 
     def step(self, group: dict[str, Any], params: list[torch.Tensor], grad_factor: float) -> None:
         self.fill_slots(group, grad_factor)
-        grads = [p.grad for p in params]
-        results: Sequence[torch.Tensor] = ()
-        for kernel in self.kernels:               # LARS, LAMB: step sizes, then the update
-            results = kernel(*params, *grads, *self.state, *self.slot_tensors, *results) or ()
+        apply_passes(self.kernels, *params, *[p.grad for p in params], *self.state,
+                     *self.slot_tensors)
 
 
-def apply_passes(kernels: Sequence[Callable], param: torch.Tensor, grad: torch.Tensor,
-                 state: Sequence[torch.Tensor], scalars: torch.Tensor) -> None:
-    """A rule's passes over one chunk; each pass gets what the one before returned (LARS, LAMB:
-    the tensor's step size, from its norms)."""
+def apply_passes(kernels: Sequence[Callable], *inputs: torch.Tensor) -> None:
+    """A rule's passes over the same inputs; each pass also gets what the one before returned
+    (LARS, LAMB: each tensor's step size, from its norms, then the update)."""
     results: Sequence[torch.Tensor] = ()
     for kernel in kernels:
-        results = kernel(param, grad, *state, scalars, *results) or ()
+        results = kernel(*inputs, *results) or ()
 
 
 def initial_state(optimizer: Any, param: torch.Tensor, group: dict[str, Any],
