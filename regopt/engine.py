@@ -337,8 +337,9 @@ def train_one_epoch(model, optimizer, scheduler, penalty, split: Split, config,
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if config.clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        optimizer.step()
+            fast.clipped_step(optimizer, config.clip)     # clip_grad_norm_, then step
+        else:
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach() * len(y)

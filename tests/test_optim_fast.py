@@ -207,6 +207,51 @@ def test_clipping_folded_into_the_step_matches_clip_grad_norm(cls, options):
     assert totals[0] > 0.05                     # the clipping was active
 
 
+@pytest.mark.parametrize("layout", ["GroupPlan", "ChunkedPlan"], indirect=True)
+@pytest.mark.parametrize("lengths", [(40_000, 16_387, 3), (20_001, 7, 1)],
+                         ids=["tail-of-3", "tail-of-1"])
+def test_global_norm_is_torchs_total_norm(layout, lengths):
+    """The compiled norm reads gradients as segments; lengths that READ_STREAMS does not divide
+    leave a tail (Inductor miscompiles its reduction inside a kernel for any length, so the tail
+    goes elsewhere): both agree with torch's total norm, in two groups and both layouts."""
+    generator = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(n, generator=generator)) for n in lengths]
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator)
+    optimizer = ro.Adam([{"params": params[:2]}, {"params": params[2:]}], fused=True, lr=1e-3,
+                        l1=1e-5)                          # l1: compiled kernels, not torch's
+    optimizer.step()
+    assert fast.compiles(optimizer, optimizer.param_groups[0])
+    expected = torch.nn.utils.get_total_norm([p.grad for p in params])
+    total = fast.global_norm(optimizer)
+    assert total.dtype == expected.dtype
+    torch.testing.assert_close(total, expected, rtol=1e-6, atol=0)
+    assert layouts_of(optimizer)[0] == layout
+
+
+def test_lars_chunks_of_every_length_match_the_reference(monkeypatch):
+    """LARS's norms read each chunk as segments; chunks of lengths READ_STREAMS does not divide
+    take one-stream kernels (a wrong tail would give NaN or a wrong trust ratio)."""
+    monkeypatch.setattr(fast, "GROUP_KERNEL_MAX_NUMEL", 0)
+    generator = torch.Generator().manual_seed(4)
+    shapes = [(127, 129), (128, 128), (1, 5), (3, 1), (1, 1)]    # 16,383 elements: a tail of 3
+    models = []
+    for fused in (True, None):
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
+                  for i, s in enumerate(shapes)]
+        models.append((params, ro.LARS(params, lr=0.1, weight_decay=1e-3, fused=fused)))
+    for _ in range(3):
+        grads = [torch.randn(s, generator=generator) for s in shapes]
+        for params, optimizer in models:
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            optimizer.step()
+    (fast_params, fast_optimizer), (reference_params, _) = models
+    assert layouts_of(fast_optimizer) == ["ChunkedPlan"]
+    for a, b in zip(fast_params, reference_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_clipped_step_with_a_torch_optimizer_clips_then_steps():
     model_a, model_b = make_model(), make_model()
     ours = torch.optim.Adam(model_a.parameters(), lr=1e-2, fused=True)
@@ -339,6 +384,7 @@ def test_a_fast_step_allocates_no_temporaries(cls, options, layout):
         param.grad = torch.randn_like(param)
     optimizer = cls(params, fused=True, **options)
     optimizer.step()
+    fast.clipped_step(optimizer, 1.0)                  # compiles the global norm's kernels
     assert layouts_of(optimizer) == [layout]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as profile:
