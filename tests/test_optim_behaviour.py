@@ -221,3 +221,48 @@ def test_closure_is_evaluated_and_its_loss_returned():
     first = optimizer.step(closure)
     second = optimizer.step(closure)
     assert second.item() < first.item()
+
+
+def test_step_hooks_run_as_torch_runs_them():
+    """regopt's step wrapper keeps torch.optim's hook contract: global and per-optimizer pre-hooks
+    (which may replace the arguments), the step, post-hooks, in torch's order."""
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    calls = []
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.ones(3)
+    optimizer = ro.SGD([param], lr=0.1)
+
+    def closure():
+        calls.append("closure")
+        return torch.tensor(7.0)
+
+    def replace_closure(opt, args, kwargs):
+        calls.append("pre")
+        return (args[0], closure), kwargs
+    handles = [register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append("global pre")),
+               optimizer.register_step_pre_hook(replace_closure),
+               optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append("post")),
+               register_optimizer_step_post_hook(lambda opt, args, kwargs: calls.append("global post"))]
+    try:
+        loss = optimizer.step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == ["global pre", "pre", "closure", "post", "global post"]
+    assert float(loss) == 7.0
+    torch.testing.assert_close(param.detach(), torch.full((3,), 0.9))
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: "not a pair")
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        optimizer.step()
+
+
+def test_a_step_is_labelled_in_the_profiler_as_torch_labels_it():
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.ones(3)
+    optimizer = ro.Adam([param], lr=0.1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        optimizer.step()
+    names = {event.name for event in profile.events()}
+    assert "Optimizer.step#Adam.step" in names
+    assert type(optimizer).step.__code__.co_name == "hooked_step"   # not wrapped a second time
