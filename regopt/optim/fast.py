@@ -1140,4 +1140,5 @@ def global_norm(optimizer: Any, norm_type: float = 2.0) -> torch.Tensor:
     if small:
         squared.append(torch.stack(torch._foreach_norm(small)).double().square().sum())
     device = grads[0].device
-    return torch.stack([s.to(device) for s in squared]).sum().sqrt().to(grads[0].dtype)
+    total = squared[0] if len(squared) == 1 else torch.stack([s.to(device) for s in squared]).sum()
+    return total.sqrt().to(grads[0].dtype)
