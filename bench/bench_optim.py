@@ -331,6 +331,30 @@ def bench_regularized(size: str, device, repeats: int) -> tuple[int, list[Varian
     return sum(math.prod(shape) for shape in shapes), variants, bandwidth
 
 
+def one_stream_squares(g):
+    """sum g^2 in float64 by a compiled loop that reads g as one stream (for the reductions race)."""
+    return (fast.squares(g),)
+
+
+def bench_reductions(size: str, device, repeats: int) -> tuple[int, list[Variant], float]:
+    """The global norm's pass, one read of every gradient: torch's, and regopt's compiled kernels
+    reading each tensor as one stream and as fast.READ_STREAMS streams (regopt.optim.fast.segments)."""
+    grads = [p.grad for p in make_params(shapes_of(size), device)]
+    flat = [g.view(-1) for g in grads]
+    kernels = {name: fast.kernel(function, ("tensor",), grads[0].dtype, device, 0)
+               for name, function in (("one", one_stream_squares), ("four", fast.grad_squares))}
+    bodies = [g[:g.numel() - g.numel() % fast.READ_STREAMS] for g in flat]
+    variants = [
+        Variant("torch _foreach_norm (clip_grad_norm_)", lambda: torch._foreach_norm(grads)),
+        Variant("torch dot (BLAS)", lambda: [g.dot(g) for g in flat]),
+        Variant("regopt compiled, one stream", lambda: [kernels["one"](g) for g in flat]),
+        Variant(f"regopt compiled, {fast.READ_STREAMS} streams",
+                lambda: [kernels["four"](g) for g in bodies]),
+    ]
+    bandwidth = race(variants, repeats, device)
+    return sum(g.numel() for g in grads), variants, bandwidth
+
+
 # -- output ----------------------------------------------------------------------------------------
 
 def fmt_time(seconds: float) -> str:
@@ -381,6 +405,17 @@ def regularized_table(rows: list[tuple[str, int, list[Variant], float]]) -> list
     return lines
 
 
+def reductions_table(rows: list[tuple[str, int, list[Variant], float]]) -> list[str]:
+    lines = ["| params | variant | time | bytes/param at the probe's bandwidth | / bound (4 B) |",
+             "|---|---|---:|---:|---:|"]
+    for size, numel, variants, bandwidth in rows:
+        for variant in variants:
+            moved = variant.median * bandwidth / numel
+            lines.append(f"| {size} | {variant.name} | {fmt_time(variant.median)} | "
+                         f"{moved:.1f} | {moved / 4:.2f}x |")
+    return lines
+
+
 def state_table(results: list[StepResult]) -> list[str]:
     lines = ["| rule | minimum | regopt reference | regopt fast (+ packing workspace) | torch |",
              "|---|---:|---:|---:|---:|"]
@@ -400,9 +435,9 @@ def state_table(results: list[StepResult]) -> list[str]:
     return lines
 
 
-def write_markdown(path: str, section: list[str]) -> None:
+def write_markdown(path: str, section: list[str], marker: str = "bench_optim") -> None:
     """Replace this benchmark's section of the file (between its markers), or append it."""
-    start, end = "<!-- bench_optim:start -->", "<!-- bench_optim:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     block = "\n".join([start, *section, end]) + "\n"
     try:
         text = open(path).read()
@@ -429,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="flush the caches before each timed "
                         "step, as forward and backward passes do in training (default: warm)")
     parser.add_argument("--markdown", help="write the tables into this file (its own section)")
+    parser.add_argument("--reductions-only", action="store_true",
+                        help="only the race of the global norm's read pass (its own section)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
@@ -437,6 +474,20 @@ def main(argv: list[str] | None = None) -> int:
     CACHE["flush"] = torch.zeros(64 * 2**20 // 4, device=device)    # 64 MB, twice the L3 here
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (7 if args.quick else 15)
+
+    reductions = [(size, *bench_reductions(size, device, repeats)) for size in sizes[-1:]]
+    reductions_section = [
+        "### Reading every gradient once: the global norm's pass", "",
+        f"`python bench/bench_optim.py --reductions-only --markdown BENCHMARKS.md` ({args.device}, "
+        f"{torch.get_num_threads()} threads, medians of {repeats}). The bound reads 4 bytes per "
+        "parameter at the in-place bandwidth of the same race (x.add_(1) on "
+        f"{PROBE_MEGABYTES} MB, which reads 4 and writes 4 per element).", "",
+        *reductions_table(reductions), ""]
+    print("\n".join(reductions_section), flush=True)
+    if args.markdown:
+        write_markdown(args.markdown, reductions_section, "bench_optim_reductions")
+    if args.reductions_only:
+        return 0
 
     fixed = fixed_step_costs(device, repeats)
     print(f"fixed step cost: torch fused Adam {fmt_time(fixed[0])}, regopt compiled RMSprop "

@@ -20,6 +20,13 @@ def load(name: str):
     return module
 
 
+def section(text: str, marker: str) -> list[str]:
+    """The lines between a benchmark's markers (each pair present exactly once)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    assert text.count(start) == 1 and text.count(end) == 1
+    return text[text.index(start):text.index(end)].splitlines()
+
+
 def test_bench_optim_writes_its_section_and_keeps_the_rest(tmp_path):
     markdown = tmp_path / "BENCHMARKS.md"
     markdown.write_text("# Benchmarks\n\nhand-written text\n")
@@ -28,7 +35,11 @@ def test_bench_optim_writes_its_section_and_keeps_the_rest(tmp_path):
                        "--markdown", str(markdown)]) == 0
     text = markdown.read_text()
     assert text.startswith("# Benchmarks\n\nhand-written text\n")
-    rows = [line for line in text.splitlines() if line.startswith("| 3x1000 |")]
+    reductions = section(text, "bench_optim_reductions")
+    assert [row.split(" | ")[1] for row in reductions if row.startswith("| 3x1000 |")] == [
+        "torch _foreach_norm (clip_grad_norm_)", "torch dot (BLAS)",
+        "regopt compiled, one stream", "regopt compiled, 4 streams"]
+    rows = [line for line in section(text, "bench_optim") if line.startswith("| 3x1000 |")]
     assert [row.split(" | ")[1] for row in rows[:2]] == ["adam", "rmsprop"]
     assert "(torch)" in rows[0] and "(compiled)" in rows[1]     # the engine that ran each
     assert len(rows) == 3                                       # + the regularized step
@@ -36,5 +47,6 @@ def test_bench_optim_writes_its_section_and_keeps_the_rest(tmp_path):
     assert bench.main(["--sizes", "3x1000", "--rules", "sgd", "--repeats", "2",
                        "--markdown", str(markdown)]) == 0        # replaces its section
     text = markdown.read_text()
-    assert text.count("<!-- bench_optim:start -->") == 1 and "| 3x1000 | sgd |" in text
+    assert "| 3x1000 | sgd |" in "\n".join(section(text, "bench_optim"))
+    assert len(section(text, "bench_optim_reductions")) == len(reductions)
     assert "| 3x1000 | rmsprop |" not in text and first != text
