@@ -198,14 +198,20 @@ def test_fit_leaves_the_callers_rng_and_threads_alone():
 @pytest.mark.parametrize("changes,path", [
     ({}, "torch kernels"),
     ({"prox_l1": 0.05, "optimizer": "sgd", "momentum": 0.9}, "compiled + torch kernels"),
-    ({"optimizer": "rmsprop", "lr": 1e-3}, "compiled")])
+    ({"optimizer": "rmsprop", "lr": 1e-3}, "compiled"),
+    ({"clip": 0.05}, "torch kernels"),                          # clipping active on every step
+    ({"optimizer": "rmsprop", "lr": 1e-3, "clip": 0.05}, "compiled")])  # + compiled global norm
 def test_fast_path_and_reference_path_train_alike(changes, path, monkeypatch):
     monkeypatch.setattr(engine, "COMPILE_PAYOFF", 0)         # compile even for this short run
     fast = fit(small(**changes))
     reference = fit(small(fused=False, **changes))
     assert (fast["optimizer_path"], reference["optimizer_path"]) == (path, "reference")
-    for key in ("test_accuracy", "train_loss", "weight_l2", "zero_fraction"):
+    for key in ("train_loss", "weight_l2", "zero_fraction"):
         assert fast[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-3), key
+    # Clipping: the fast path's global norm sums in float64, torch's in float32; the last-bit
+    # difference in the factor grows over the run (weight_l2 1e-4 apart), enough to move a test
+    # image or two across a decision boundary (400 test images here).
+    assert fast["test_accuracy"] == pytest.approx(reference["test_accuracy"], abs=0.01)
 
 
 def test_input_dropout_is_used_and_changes_training():
