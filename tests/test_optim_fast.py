@@ -188,14 +188,21 @@ def test_param_groups_with_different_options(cls, options, engines):
     assert_same(model_fast, model_reference, fast_optimizer, reference)
 
 
-@pytest.mark.parametrize("cls,options", [
-    (ro.Adam, dict(lr=1e-2)),
-    (ro.Adam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, l1=1e-3)),
-    (ro.LARS, dict(lr=0.1, weight_decay=1e-3)),
-], ids=["torch-kernel", "compiled", "LARS"])
-def test_clipping_folded_into_the_step_matches_clip_grad_norm(cls, options):
-    model_fast, model_reference, fast_optimizer, reference = side_by_side(cls, options, clip=0.05)
+@pytest.mark.parametrize("cls,options,split,inside", [
+    (ro.Adam, dict(lr=1e-2), False, False),
+    (ro.Adam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, l1=1e-3), False, True),
+    (ro.RMSprop, dict(lr=1e-3, centered=True), False, True),
+    (ro.RMSprop, dict(lr=1e-3, centered=True), True, False),
+    (ro.LARS, dict(lr=0.1, weight_decay=1e-3), False, False),
+], ids=["torch-kernel", "compiled", "compiled-RMSprop", "two-groups", "LARS"])
+def test_clipping_folded_into_the_step_matches_clip_grad_norm(cls, options, split, inside):
+    """``inside``: one group of a single-pass rule holds every gradient, so its kernel computes
+    the norm and the factor itself (one call); else the norm first, the factor into the step."""
+    model_fast, model_reference, fast_optimizer, reference = side_by_side(cls, options, split,
+                                                                          clip=0.05)
     assert_same(model_fast, model_reference, fast_optimizer, reference)
+    plans = fast.cache_of(fast_optimizer).plans.values()
+    assert any(getattr(plan, "clip_kernel", None) is not None for plan in plans) == inside
     x, y = batches(1, seed=5)[0]
     totals = []
     for model, optimizer in ((model_fast, fast_optimizer), (model_reference, reference)):

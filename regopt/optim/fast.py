@@ -375,7 +375,7 @@ STRUCTURAL_OPTIONS = ("l1", "momentum", "nesterov", "amsgrad", "centered", "excl
 
 
 def structure(group: dict[str, Any]) -> tuple:
-    return tuple(bool(group.get(option)) for option in STRUCTURAL_OPTIONS)
+    return tuple([bool(group.get(option)) for option in STRUCTURAL_OPTIONS])
 
 
 def rule_for(optimizer: Any, group: dict[str, Any]) -> Rule | None:
@@ -782,10 +782,12 @@ class GroupPlan(CompiledPlan):
                  rule: Rule) -> None:
         super().__init__(optimizer, group, params, rule)
         self.norm_kernel: Callable | None = None
+        self.clip_kernel: Callable | None = None
+        self.total_norm: torch.Tensor | None = None
         slots = list(self.slots.values())
         self.slot_tensors = [slot.tensor for slot in slots]
-        slot_index = tuple(slots.index(slot) for slot in self.slot_of)
-        self.kernels = group_kernels(rule, params, self.slot_tensors, slot_index)
+        self.slot_index = tuple(slots.index(slot) for slot in self.slot_of)
+        self.kernels = group_kernels(rule, params, self.slot_tensors, self.slot_index)
         if self.kernels is None:
             return                               # build_plan takes the chunked plan instead
         for state in self.states:
@@ -799,6 +801,24 @@ class GroupPlan(CompiledPlan):
         apply_passes(self.kernels, *params, *[p.grad for p in params], *self.state,
                      *self.slot_tensors)
 
+    def clipping_kernel(self, params: list[torch.Tensor]) -> Callable | None:
+        """The rule's update with gradient clipping inside: one call, compiled on first use (for
+        single-pass rules; None where that fails or the rule has more passes)."""
+        if self.clip_kernel is None and len(self.rule.passes) == 1:
+            self.max_norm = ScalarSlot(ChunkKey(), 1, params[0].dtype, params[0].device)
+            self.clip_kernel = clipped_group_kernel(self.rule, params, self.slot_tensors,
+                                                    self.slot_index, self.max_norm.tensor)
+        return self.clip_kernel
+
+    def clipped_step(self, group: dict[str, Any], params: list[torch.Tensor],
+                     max_norm: float) -> None:
+        """A step with the gradients clipped to a global norm of ``max_norm`` inside the kernel
+        (this group holds every gradient of the optimizer; :func:`clipped_step`)."""
+        self.fill_slots(group, 1.0)
+        self.max_norm.fill([max_norm])
+        (self.total_norm,) = self.clip_kernel(*params, *[p.grad for p in params], *self.state,
+                                              *self.slot_tensors, self.max_norm.tensor)
+
     def grad_squares(self, params: list[torch.Tensor]) -> torch.Tensor:
         """sum g^2 over the group's gradients (float64, 0-d), by one call of a kernel compiled
         for its shapes (on first use; :func:`global_norm`)."""
@@ -811,6 +831,34 @@ class GroupPlan(CompiledPlan):
         if self.norm_kernel is None:
             return torch.stack(torch._foreach_norm(grads)).double().square().sum()
         return self.norm_kernel(*grads)[0]
+
+
+def clipped_group_kernel(rule: Rule, params: list[torch.Tensor], slots: list[torch.Tensor],
+                         slot_index: tuple[int, ...], max_norm: torch.Tensor) -> Callable | None:
+    """A single-pass rule's update over a whole group with global-norm clipping inside, compiled
+    for the group's shapes: one call computes the norm of all gradients (float64 sums over
+    segments), the factor min(1, max_norm / (norm + 1e-6)) as clip_grad_norm_ does, and the update
+    with every gradient scaled by it; returns the norm (in the gradients' dtype, as torch's)."""
+    n, n_state = len(params), len(rule.state_keys)
+    (update,) = whole_group_passes(rule, n, slot_index)
+    head = 2 * n + n * n_state                   # params, grads, state; then slots, max_norm
+
+    def clipped(*tensors):
+        grads, slot_tensors, limit = tensors[n:2 * n], tensors[head:-1], tensors[-1]
+        total = sum(sum_of_squares(g.view(-1)) for g in grads).sqrt().to(grads[0].dtype)
+        factor = torch.clamp(limit / (total + 1e-6), max=1.0)
+        scaled = [torch.cat([s[:GRAD_FACTOR + 1] * factor, s[GRAD_FACTOR + 1:]])
+                  for s in slot_tensors]         # GRAD_FACTOR is 0: s[0] *= factor
+        update(*tensors[:head], *scaled)
+        return (total,)
+
+    state = [torch.empty_like(p, memory_format=torch.contiguous_format)
+             for p in params for _ in rule.state_keys]
+    examples = [*params, *[p.grad for p in params], *state, *slots, max_norm]
+    key = ("clipped_" + update.__name__, tuple(tuple(p.shape) for p in params), slot_index,
+           torch.get_num_threads(), str(params[0].dtype).removeprefix("torch."),
+           params[0].device.type, len(slots[0]))
+    return cached_compile(key, lambda: compile_traced(clipped, examples, "fake"), warn=False)
 
 
 def group_grad_squares(*grads):
@@ -1017,7 +1065,11 @@ def step_group(optimizer: Any, group: dict[str, Any]) -> bool:
         if grad_factor != 1.0:                    # the reference path gets clipped gradients
             torch._foreach_mul_([p.grad for p in params], grad_factor)
         return False
-    plan.step(group, params, grad_factor)
+    max_norm = optimizer.__dict__.get("_regopt_clip_in_kernel")
+    if max_norm is not None and isinstance(plan, GroupPlan) and plan.clip_kernel is not None:
+        plan.clipped_step(group, params, max_norm)
+    else:
+        plan.step(group, params, grad_factor)
     return True
 
 
@@ -1076,6 +1128,18 @@ def clipped_step(optimizer: Any, max_norm: float, norm_type: float = 2.0) -> tor
     if not params:
         optimizer.step()
         return torch.tensor(0.0)
+    plan = plan_clipping_inside(optimizer, norm_type)
+    if plan is not None:
+        plan.total_norm = None
+        optimizer.__dict__["_regopt_clip_in_kernel"] = max_norm
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.__dict__["_regopt_clip_in_kernel"]
+        if plan.total_norm is None:
+            raise RuntimeError("regopt: the step did not take the plan it was given for clipping "
+                               "(a step pre-hook changed the parameters or gradients?)")
+        return plan.total_norm
     total = global_norm(optimizer, norm_type)
     factor = float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
     on_fast_path = isinstance(optimizer, RegularizedOptimizer)    # torch.optim's own: clip first
@@ -1090,6 +1154,27 @@ def clipped_step(optimizer: Any, max_norm: float, norm_type: float = 2.0) -> tor
     finally:
         del optimizer.__dict__["_regopt_grad_factor"]
     return total
+
+
+def plan_clipping_inside(optimizer: Any, norm_type: float) -> GroupPlan | None:
+    """The GroupPlan that can clip inside its kernel: one group holds every gradient of the
+    optimizer, its plan is a GroupPlan of a single-pass rule for these parameters, the norm is the
+    2-norm. Then clipping costs no call of its own: the norm, the factor and the update are one
+    kernel call (at the MLP's size the norm, the factor's arithmetic and their Python cost as
+    much as the update). Else None: :func:`global_norm`, then the step."""
+    if norm_type != 2.0 or not isinstance(optimizer, RegularizedOptimizer):
+        return None
+    holding = [(group, [p for p in group["params"] if p.grad is not None])
+               for group in optimizer.param_groups]
+    holding = [(group, params) for group, params in holding if params]
+    if len(holding) != 1 or not holding[0][0].get("fused"):
+        return None
+    ((group, params),) = holding
+    plan = cache_of(optimizer).plans.get(id(group))
+    if not (isinstance(plan, GroupPlan) and plan.key == plan_key(group, params)
+            and gradients_fit(params)):
+        return None
+    return plan if plan.clipping_kernel(params) is not None else None
 
 
 def grad_squares(g):
