@@ -15,8 +15,10 @@ Variants step in turn, one timed step each per round, so that a noisy machine sl
 tables give medians. Each timed step follows an untimed step of the same variant (warm caches,
 as when stepping in a loop), or with ``--cold`` a flush of the caches (as in training, where
 forward and backward passes run between steps). Every race also times the machine's in-place
-bandwidth (``x.add_(1)`` on a tensor larger than the caches: 8 bytes moved per element), so a
-machine whose speed drifts moves the bound with the variants; per rule, the bound is
+bandwidth (``x.add_(1)`` on a tensor larger than the caches: 8 bytes moved per element), among
+the variants' steps so that a machine whose speed drifts moves the bound with the variants, or,
+for steps that move less than 32 MB, in rounds of its own right after theirs (a 128 MB sweep
+slows the next few small steps, see ``probe_after_for``); per rule, the bound is
 the minimum bytes a step must move per parameter (Adam reads p, g, m, v and writes p, m, v: 28
 bytes in float32) at that bandwidth. Gradients stay in place between steps, as after a backward
 pass; the fast path still copies the gradients of its packed small tensors every step, so that is
@@ -174,31 +176,47 @@ PROBE_MEGABYTES = 128
 
 
 def race(variants: list[Variant], repeats: int, device: torch.device, warmup: int = 3,
-         probe: bool = True) -> float:
+         probe: bool = True, probe_after: bool = False) -> float:
     """Step every variant once per round, ``repeats`` rounds after ``warmup``; record each time.
 
     Interleaving makes a noisy machine (other processes, frequency changes) slow all variants
     alike, which back-to-back blocks of steps do not. A bandwidth probe, x.add_(1) on a tensor
     larger than the caches, runs in every round too: returns its in-place bandwidth (bytes per
     second), measured side by side with the variants, for their bounds (probe=False: no probe,
-    returns 0)."""
+    returns 0). ``probe_after``: the probe's rounds run after the variants' instead (see
+    :func:`probe_after_for`)."""
     probe_tensor = torch.zeros(PROBE_MEGABYTES * 2**20 // 4 if probe else 1, device=device)
     probe_variant = Variant("bandwidth probe", lambda: probe_tensor.add_(1.0))
-    variants = [*variants, probe_variant] if probe else variants
-    for variant in variants:
-        for _ in range(warmup):
-            if variant.prepare is not None:
-                variant.prepare()
-            variant.step()
-    for _ in range(repeats):
-        for variant in variants:
-            before_timed_step(variant)
-            synchronize(device)
-            started = time.perf_counter()
-            variant.step()
-            synchronize(device)
-            variant.times.append(time.perf_counter() - started)
+    blocks = [variants]
+    if probe:
+        blocks = [variants, [probe_variant]] if probe_after else [[*variants, probe_variant]]
+    for block in blocks:
+        for variant in block:
+            for _ in range(warmup):
+                if variant.prepare is not None:
+                    variant.prepare()
+                variant.step()
+        for _ in range(repeats):
+            for variant in block:
+                before_timed_step(variant)
+                synchronize(device)
+                started = time.perf_counter()
+                variant.step()
+                synchronize(device)
+                variant.times.append(time.perf_counter() - started)
     return 2 * probe_tensor.nbytes / probe_variant.median if probe else 0.0
+
+
+def probe_after_for(bytes_moved: float) -> bool:
+    """Whether the probe runs after the variants rather than among them: for steps that move
+    less than a quarter of the probe's bytes, whose data stays in the caches between steps.
+
+    A 128 MB sweep between two steps of the MLP's size slowed the next steps for about eight
+    steps, torch's and regopt's alike (here: 247 us after one warm step, 142 us after eight,
+    117 us in a loop, for regopt's RMSprop), which a training loop, whose forward and backward
+    passes touch a few MB between steps, does not do. Large steps sweep more than the caches
+    themselves, and for them the probe stays interleaved, where it follows this VM's drift."""
+    return bytes_moved < PROBE_MEGABYTES * 2**20 / 4
 
 
 @contextlib.contextmanager
@@ -286,9 +304,10 @@ class StepResult:
 def bench_rule(name: str, size: str, device, repeats: int) -> StepResult:
     rule, shapes = RULES[name], shapes_of(size)
     variants = regopt_variants(rule, shapes, device) + torch_variants(rule, shapes, device, repeats)
-    bandwidth = race(variants, repeats, device)
-    engine = "/".join(sorted(set(fast.engines(variants[1].optimizer))))
     numel = sum(math.prod(shape) for shape in shapes)
+    bandwidth = race(variants, repeats, device,
+                     probe_after=probe_after_for(numel * rule.bytes_per_param))
+    engine = "/".join(sorted(set(fast.engines(variants[1].optimizer))))
     return StepResult(name, size, numel, variants, engine, bandwidth)
 
 
@@ -327,8 +346,9 @@ def bench_regularized(size: str, device, repeats: int) -> tuple[int, list[Varian
             soft_threshold_(params, lr * l1)
     variants.append(Variant("torch clip + fused AdamW + softshrink", torch_step, adamw,
                             fresh_gradients(params)))
-    bandwidth = race(variants, repeats, device)
-    return sum(math.prod(shape) for shape in shapes), variants, bandwidth
+    numel = sum(math.prod(shape) for shape in shapes)
+    bandwidth = race(variants, repeats, device, probe_after=probe_after_for(32 * numel))
+    return numel, variants, bandwidth
 
 
 def one_stream_squares(g):
@@ -351,8 +371,9 @@ def bench_reductions(size: str, device, repeats: int) -> tuple[int, list[Variant
         Variant(f"regopt compiled, {fast.READ_STREAMS} streams",
                 lambda: [kernels["four"](g) for g in bodies]),
     ]
-    bandwidth = race(variants, repeats, device)
-    return sum(g.numel() for g in grads), variants, bandwidth
+    numel = sum(g.numel() for g in grads)
+    bandwidth = race(variants, repeats, device, probe_after=probe_after_for(4 * numel))
+    return numel, variants, bandwidth
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -512,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.__version__}, {args.device}, {torch.get_num_threads()} threads, medians of "
         f"{repeats} interleaved {'cold' if args.cold else 'warm'} steps"
         f"{' (--quick)' if args.quick else ''}. In-place bandwidth (x.add_(1) on "
-        f"{PROBE_MEGABYTES} MB, timed in every race beside the variants): median "
+        f"{PROBE_MEGABYTES} MB, timed in every race: among the variants' steps, or for steps "
+        "that move less than 32 MB in rounds of its own right after theirs): median "
         f"{statistics.median(bandwidths) / 1e9:.1f} GB/s, {min(bandwidths) / 1e9:.1f}-"
         f"{max(bandwidths) / 1e9:.1f} over the races. Bound: the rule's minimum bytes per "
         "parameter at the bandwidth of its own race (sgd 12, momentum/nesterov/adagrad/rmsprop "
