@@ -215,8 +215,9 @@ def test_clipping_folded_into_the_step_matches_clip_grad_norm(cls, options, spli
 
 
 @pytest.mark.parametrize("layout", ["GroupPlan", "ChunkedPlan"], indirect=True)
-@pytest.mark.parametrize("lengths", [(40_000, 16_387, 3), (20_001, 7, 1)],
-                         ids=["tail-of-3", "tail-of-1"])
+@pytest.mark.parametrize("lengths", [(40_000, 16_387, 3), (20_001, 7, 1),
+                                     (16_387, 20_000) * 5 + (5,)],
+                         ids=["tail-of-3", "tail-of-1", "a-bucket"])
 def test_global_norm_is_torchs_total_norm(layout, lengths):
     """The compiled norm reads gradients as segments; lengths that READ_STREAMS does not divide
     leave a tail (Inductor miscompiles its reduction inside a kernel for any length, so the tail
@@ -234,6 +235,9 @@ def test_global_norm_is_torchs_total_norm(layout, lengths):
     assert total.dtype == expected.dtype
     torch.testing.assert_close(total, expected, rtol=1e-6, atol=0)
     assert layouts_of(optimizer)[0] == layout
+    bucket_key = ("group_grad_squares", fast.NORM_BUCKET, "float32", "cpu")
+    if layout == "ChunkedPlan" and len(lengths) > fast.NORM_BUCKET:   # NORM_BUCKET per call
+        assert fast._KERNELS.get(bucket_key) is not None
 
 
 def test_lars_chunks_of_every_length_match_the_reference(monkeypatch):
