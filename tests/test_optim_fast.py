@@ -240,27 +240,50 @@ def test_global_norm_is_torchs_total_norm(layout, lengths):
         assert fast._KERNELS.get(bucket_key) is not None
 
 
+@pytest.mark.parametrize("cls,options", [
+    (ro.Adam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, l1=1e-3)),
+    (ro.LARS, dict(lr=0.1, weight_decay=1e-3)),
+], ids=["Adam-prox-L1", "LARS"])
+def test_large_tensors_stepped_several_per_call_match_the_reference(cls, options, monkeypatch):
+    """A large group steps its large tensors STEP_BUCKET per kernel call (a kernel for any
+    lengths: tensors of different lengths in one call), the rest one per call; the same numbers
+    as the reference path."""
+    monkeypatch.setattr(fast, "GROUP_KERNEL_MAX_NUMEL", 0)
+    shapes = [(128, 128 + 8 * (i % 3)) for i in range(fast.STEP_BUCKET + 2)] + [(127, 129), (9,)]
+    fast_optimizer = fast_and_reference_agree(cls, options, shapes)
+    plan = fast.cache_of(fast_optimizer).plans[id(fast_optimizer.param_groups[0])]
+    units = [type(unit).__name__ for _, unit in plan.work]
+    assert units.count("Bucket") == 1 and len(units) == len(plan.chunks) - fast.STEP_BUCKET + 1
+
+
+def fast_and_reference_agree(cls, options, shapes, steps: int = 3):
+    """Step parameters of these shapes with random gradients on both paths; assert they agree,
+    and return the fast path's optimizer."""
+    generator = torch.Generator().manual_seed(5)
+    runs = []
+    for fused in (True, None):
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
+                  for i, s in enumerate(shapes)]
+        runs.append((params, cls(params, fused=fused, **options)))
+    for _ in range(steps):
+        grads = [torch.randn(s, generator=generator) for s in shapes]
+        for params, optimizer in runs:
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            optimizer.step()
+    (fast_params, fast_optimizer), (reference_params, _) = runs
+    for a, b in zip(fast_params, reference_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    return fast_optimizer
+
+
 def test_lars_chunks_of_every_length_match_the_reference(monkeypatch):
     """LARS's norms read each chunk as segments; chunks of lengths READ_STREAMS does not divide
     take one-stream kernels (a wrong tail would give NaN or a wrong trust ratio)."""
     monkeypatch.setattr(fast, "GROUP_KERNEL_MAX_NUMEL", 0)
-    generator = torch.Generator().manual_seed(4)
     shapes = [(127, 129), (128, 128), (1, 5), (3, 1), (1, 1)]    # 16,383 elements: a tail of 3
-    models = []
-    for fused in (True, None):
-        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
-                  for i, s in enumerate(shapes)]
-        models.append((params, ro.LARS(params, lr=0.1, weight_decay=1e-3, fused=fused)))
-    for _ in range(3):
-        grads = [torch.randn(s, generator=generator) for s in shapes]
-        for params, optimizer in models:
-            for param, grad in zip(params, grads):
-                param.grad = grad.clone()
-            optimizer.step()
-    (fast_params, fast_optimizer), (reference_params, _) = models
+    fast_optimizer = fast_and_reference_agree(ro.LARS, dict(lr=0.1, weight_decay=1e-3), shapes)
     assert layouts_of(fast_optimizer) == ["ChunkedPlan"]
-    for a, b in zip(fast_params, reference_params):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_clipped_step_with_a_torch_optimizer_clips_then_steps():
