@@ -681,8 +681,14 @@ class ScalarSlot:
         self.device = device
 
     def fill(self, values: list[float]) -> None:
+        """Write this step's scalars. On a CUDA device, through pinned memory without waiting: a
+        blocking copy from pageable memory would wait for the device every step. (The pinned
+        block comes from torch's caching host allocator, which does not hand it out again before
+        the copy is done. Untested here: no GPU was lent to this project's sessions.)"""
         self.host[:] = values
-        if self.device.type != "cpu":
+        if self.device.type == "cuda":
+            self.tensor.copy_(torch.from_numpy(self.host).pin_memory(), non_blocking=True)
+        elif self.device.type != "cpu":
             self.tensor.copy_(torch.from_numpy(self.host))
 
 
@@ -788,12 +794,15 @@ class CompiledPlan:
         ``grad_factor``: the clipping factor (None: no clipping)."""
         if self.steps is not None:
             self.steps.increment()
-        factor = 1.0 if grad_factor is None else float(grad_factor)
+        on_device = isinstance(grad_factor, torch.Tensor) and grad_factor.device.type != "cpu"
+        factor = 1.0 if grad_factor is None or on_device else float(grad_factor)
         common = regularization_scalars(self.optimizer, group, factor)
         for slot in self.slots.values():
             if self.rule.counts_steps:
                 slot.key = ChunkKey(slot.key.step + 1, slot.key.first, slot.key.adapted)
             slot.fill(common + self.rule.scalars(group, slot.key.step, slot.key))
+            if on_device:                        # the clipping factor, without reading it back
+                slot.tensor[GRAD_FACTOR:GRAD_FACTOR + 1].mul_(grad_factor)
             if slot.key.first:                   # SGD: b_1 = g only on the first step
                 slot.key = ChunkKey(slot.key.step, False, slot.key.adapted)
 
