@@ -593,50 +593,58 @@ def bucket_kernels(rule: Rule, dtype: torch.dtype, device: torch.device,
     """The rule's passes over STEP_BUCKET tensors per call, compiled once for any lengths (traced
     with distinct lengths, so that no two are assumed equal; lengths divisible by READ_STREAMS,
     as :func:`segments` needs); None if that fails (silently: the tensors go one per call)."""
-    sizes = [2**18 + 64 * i for i in range(STEP_BUCKET)]
-
-    def vectors(count: int) -> list[torch.Tensor]:
-        return [torch.ones(n, dtype=dtype, device=device) for n in sizes for _ in range(count)]
-
-    examples = [*vectors(1), *vectors(1), *vectors(len(rule.state_keys)),
-                torch.zeros(n_scalars, dtype=dtype, device=device)]
-    kernels = []
-    passes = whole_group_passes(rule, STEP_BUCKET, (0,) * STEP_BUCKET)
-    for index, whole in enumerate(passes):
-        key = ("bucket", whole.__name__, STEP_BUCKET, str(dtype).removeprefix("torch."),
-               device.type, n_scalars)
-        compiled = cached_compile(key, lambda w=whole, e=list(examples):
-                                  compile_traced(w, e, "symbolic"), warn=False)
-        if compiled is None:
-            return None
-        kernels.append(compiled)
-        if index + 1 < len(passes):               # the next pass: each tensor's results after
-            n_results = rule.passes[index + 1][1].count("sum") * STEP_BUCKET
-            examples += [torch.zeros((), dtype=dtype, device=device) for _ in range(n_results)]
-    return kernels
+    params = [torch.ones(2**18 + 64 * i, dtype=dtype, device=device) for i in range(STEP_BUCKET)]
+    for param in params:
+        param.grad = torch.ones_like(param)
+    slots = [torch.zeros(n_scalars, dtype=dtype, device=device)]
+    key = ("bucket", STEP_BUCKET, str(dtype).removeprefix("torch."), device.type, n_scalars)
+    return compile_whole_passes(rule, params, slots, (0,) * STEP_BUCKET, "symbolic", key)
 
 
 def group_kernels(rule: Rule, params: list[torch.Tensor], slots: list[torch.Tensor],
                   slot_index: tuple[int, ...]) -> list[Callable] | None:
     """The rule's passes over a whole group, each compiled for its shapes (cached in memory and on
     disk); None if that fails (silently: the chunked plan's kernels are tried next, and warn)."""
+    return compile_whole_passes(rule, params, slots, slot_index, "fake", group_key(params, slots))
+
+
+def group_key(params: list[torch.Tensor], slots: list[torch.Tensor]) -> tuple:
+    """What a kernel compiled for a group's shapes is compiled for (with the function's name)."""
+    return (tuple(tuple(p.shape) for p in params), torch.get_num_threads(),
+            str(params[0].dtype).removeprefix("torch."), params[0].device.type, len(slots[0]))
+
+
+def group_examples(rule: Rule, params: list[torch.Tensor],
+                   slots: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A whole-group kernel's arguments to trace with: parameters, gradients, state, scalars. The
+    state tensors are fresh: state left packed by an earlier plan would be views of one buffer,
+    and tracing with those would tell Inductor that they alias."""
     state = [torch.empty_like(p, memory_format=torch.contiguous_format)
              for p in params for _ in rule.state_keys]
-    examples = [*params, *[p.grad for p in params], *state, *slots]
-    shapes = tuple(tuple(p.shape) for p in params)
+    return [*params, *[p.grad for p in params], *state, *slots]
+
+
+def compile_whole_passes(rule: Rule, params: list[torch.Tensor], slots: list[torch.Tensor],
+                         slot_index: Sequence[int], tracing_mode: str,
+                         key: tuple) -> list[Callable] | None:
+    """Each of the rule's passes over all of ``params`` (:func:`whole_group_passes`), compiled
+    and cached under (its name, slot_index, *key); each pass is traced with the results of the one
+    before (LARS, LAMB). None if a pass fails to compile."""
+    examples = group_examples(rule, params, slots)
+    like = params[0]
     kernels = []
-    for function in whole_group_passes(rule, len(params), slot_index):
-        key = (function.__name__, shapes, slot_index, torch.get_num_threads(),
-               str(params[0].dtype).removeprefix("torch."), params[0].device.type, len(slots[0]))
-        compiled = cached_compile(key, lambda: compile_traced(function, examples, "fake"),
+    for index, whole in enumerate(whole_group_passes(rule, len(params), slot_index)):
+        compiled = cached_compile((whole.__name__, tuple(slot_index), *key),
+                                  lambda w=whole, e=examples: compile_traced(w, e, tracing_mode),
                                   warn=False)
         if compiled is None:
             return None
         kernels.append(compiled)
-        if len(kernels) < len(rule.passes):       # the next pass: the results after the rest
-            n_results = rule.passes[len(kernels)][1].count("sum") * len(params)
-            results = [torch.zeros((), dtype=params[0].dtype) for _ in range(n_results)]
-            examples = [*params, *[p.grad for p in params], *state, *slots, *results]
+        if index + 1 < len(rule.passes):          # the next pass: the results after the rest
+            n_results = rule.passes[index + 1][1].count("sum") * len(params)
+            examples = [*group_examples(rule, params, slots),
+                        *[torch.zeros((), dtype=like.dtype, device=like.device)
+                          for _ in range(n_results)]]
     return kernels
 
 
@@ -950,12 +958,8 @@ def clipped_group_kernel(rule: Rule, params: list[torch.Tensor], slots: list[tor
         update(*tensors[:head], *scaled)
         return (total,)
 
-    state = [torch.empty_like(p, memory_format=torch.contiguous_format)
-             for p in params for _ in rule.state_keys]
-    examples = [*params, *[p.grad for p in params], *state, *slots, max_norm]
-    key = ("clipped_" + update.__name__, tuple(tuple(p.shape) for p in params), slot_index,
-           torch.get_num_threads(), str(params[0].dtype).removeprefix("torch."),
-           params[0].device.type, len(slots[0]))
+    examples = [*group_examples(rule, params, slots), max_norm]
+    key = ("clipped_" + update.__name__, slot_index, *group_key(params, slots))
     return cached_compile(key, lambda: compile_traced(clipped, examples, "fake"), warn=False)
 
 
@@ -1279,11 +1283,19 @@ def plan_clipping_inside(optimizer: Any, norm_type: float) -> GroupPlan | None:
     if len(holding) != 1 or not holding[0][0].get("fused"):
         return None
     ((group, params),) = holding
-    plan = cache_of(optimizer).plans.get(id(group))
-    if not (isinstance(plan, GroupPlan) and plan.key == plan_key(group, params)
-            and gradients_fit(params)):
-        return None
-    return plan if plan.clipping_kernel(params) is not None else None
+    plan = current_group_plan(cache_of(optimizer).plans, group, params)
+    return plan if plan is not None and plan.clipping_kernel(params) is not None else None
+
+
+def current_group_plan(plans: dict[int, Any], group: dict[str, Any],
+                       params: list[torch.Tensor]) -> GroupPlan | None:
+    """The group's GroupPlan, if it is built for these parameters and options and this step's
+    gradients fit it; else None."""
+    plan = plans.get(id(group))
+    if isinstance(plan, GroupPlan) and plan.key == plan_key(group, params) \
+            and gradients_fit(params):
+        return plan
+    return None
 
 
 def grad_squares(g):
@@ -1313,9 +1325,8 @@ def global_norm(optimizer: Any, norm_type: float = 2.0) -> torch.Tensor:
     plans = cache_of(optimizer).plans
     squared, large, small = [], [], []
     for group, params in zip(optimizer.param_groups, groups):
-        plan = plans.get(id(group))
-        if isinstance(plan, GroupPlan) and plan.key == plan_key(group, params) \
-                and gradients_fit(params):
+        plan = current_group_plan(plans, group, params)
+        if plan is not None:
             squared.append(plan.grad_squares(params))
             continue
         for p in params:
