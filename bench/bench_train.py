@@ -143,12 +143,13 @@ def regopt_epochs(data, batch_size: int, seed: int, compile: bool = False):
         yield time.perf_counter() - started
 
 
+LOOPS = {"dataloader": dataloader_epochs, "in_memory": in_memory_epochs, "regopt": regopt_epochs}
+
+
 def compare_epoch_times(batch_size: int, epochs: int, seed: int = 0, compile: bool = False,
                         device: str = "cpu") -> dict[str, float]:
     data = load_dataset("fashion-mnist").to(device)
-    loops = {"dataloader": dataloader_epochs(data, batch_size, seed),
-             "in_memory": in_memory_epochs(data, batch_size, seed),
-             "regopt": regopt_epochs(data, batch_size, seed)}
+    loops = {name: epochs_of(data, batch_size, seed) for name, epochs_of in LOOPS.items()}
     result = {}
     if compile:
         loops["compiled"] = regopt_epochs(data, batch_size, seed, compile=True)
@@ -158,9 +159,6 @@ def compare_epoch_times(batch_size: int, epochs: int, seed: int = 0, compile: bo
         for name, loop in loops.items():
             times[name].append(next(loop))
     return {**result, **{name: statistics.median(values) for name, values in times.items()}}
-
-
-LOOPS = {"dataloader": dataloader_epochs, "in_memory": in_memory_epochs, "regopt": regopt_epochs}
 
 
 def print_epoch_times(loop: str, batch_size: int, epochs: int, seed: int = 0) -> None:

@@ -588,12 +588,19 @@ STEP_BUCKET = 8
 once per rule variant and dtype)."""
 
 
+def distinct_lengths(count: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Example tensors for a kernel over ``count`` tensors of any lengths: each length different
+    (traced with equal lengths, the kernel would assume them equal), each divisible by
+    READ_STREAMS (:func:`segments`), all large (Inductor emits parallel loops for them)."""
+    return [torch.ones(2**18 + 64 * i, dtype=dtype, device=device) for i in range(count)]
+
+
 def bucket_kernels(rule: Rule, dtype: torch.dtype, device: torch.device,
                    n_scalars: int) -> list[Callable] | None:
     """The rule's passes over STEP_BUCKET tensors per call, compiled once for any lengths (traced
     with distinct lengths, so that no two are assumed equal; lengths divisible by READ_STREAMS,
     as :func:`segments` needs); None if that fails (silently: the tensors go one per call)."""
-    params = [torch.ones(2**18 + 64 * i, dtype=dtype, device=device) for i in range(STEP_BUCKET)]
+    params = distinct_lengths(STEP_BUCKET, dtype, device)
     for param in params:
         param.grad = torch.ones_like(param)
     slots = [torch.zeros(n_scalars, dtype=dtype, device=device)]
@@ -1377,8 +1384,7 @@ def bucket_squares_kernel(dtype: torch.dtype, device: torch.device) -> Callable 
     """:func:`group_grad_squares` over NORM_BUCKET tensors of any lengths (each its own: traced
     with distinct lengths, so that no two are assumed equal), compiled once per dtype."""
     def build() -> Callable:
-        examples = [torch.ones(2**20 + 64 * i, dtype=dtype, device=device)
-                    for i in range(NORM_BUCKET)]
+        examples = distinct_lengths(NORM_BUCKET, dtype, device)
         return compile_traced(group_grad_squares, examples, "symbolic")
     return cached_compile(("group_grad_squares", NORM_BUCKET, str(dtype).removeprefix("torch."),
                            device.type), build)
