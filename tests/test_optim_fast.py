@@ -216,8 +216,9 @@ def test_clipping_folded_into_the_step_matches_clip_grad_norm(cls, options, spli
 
 @pytest.mark.parametrize("layout", ["GroupPlan", "ChunkedPlan"], indirect=True)
 @pytest.mark.parametrize("lengths", [(40_000, 16_387, 3), (20_001, 7, 1),
-                                     (16_387, 20_000) * 5 + (5,)],
-                         ids=["tail-of-3", "tail-of-1", "a-bucket"])
+                                     (16_387, 20_000) * 5 + (5,),
+                                     (40_000, 16_387) + (20_003,) * 9 + (16_387, 3)],
+                         ids=["tail-of-3", "tail-of-1", "a-bucket", "equal-lengths"])
 def test_global_norm_is_torchs_total_norm(layout, lengths):
     """The compiled norm reads gradients as segments; lengths that READ_STREAMS does not divide
     leave a tail (Inductor miscompiles its reduction inside a kernel for any length, so the tail
@@ -235,25 +236,37 @@ def test_global_norm_is_torchs_total_norm(layout, lengths):
     assert total.dtype == expected.dtype
     torch.testing.assert_close(total, expected, rtol=1e-6, atol=0)
     assert layouts_of(optimizer)[0] == layout
-    bucket_key = ("group_grad_squares", fast.NORM_BUCKET, "float32", "cpu")
     if layout == "ChunkedPlan" and len(lengths) > fast.NORM_BUCKET:   # NORM_BUCKET per call
-        assert fast._KERNELS.get(bucket_key) is not None
+        equal = lengths.count(20_003) > fast.NORM_BUCKET
+        name = "joint_squares" if equal else "group_grad_squares"
+        assert fast._KERNELS.get((name, fast.NORM_BUCKET, "float32", "cpu")) is not None
 
 
 @pytest.mark.parametrize("cls,options", [
     (ro.Adam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, l1=1e-3)),
     (ro.LARS, dict(lr=0.1, weight_decay=1e-3)),
 ], ids=["Adam-prox-L1", "LARS"])
-def test_large_tensors_stepped_several_per_call_match_the_reference(cls, options, monkeypatch):
-    """A large group steps its large tensors STEP_BUCKET per kernel call (a kernel for any
-    lengths: tensors of different lengths in one call), the rest one per call; the same numbers
-    as the reference path."""
+@pytest.mark.parametrize("equal", [0, 1], ids=["mixed-lengths", "equal-lengths-first"])
+def test_large_tensors_stepped_several_per_call_match_the_reference(cls, options, equal,
+                                                                     monkeypatch):
+    """A large group steps its large tensors STEP_BUCKET per kernel call: first those of one
+    length (a kernel traced with equal lengths: one loop over all of them), then the rest with
+    different lengths in one call (a kernel for any lengths), then the few left one per call;
+    the same numbers as the reference path."""
     monkeypatch.setattr(fast, "GROUP_KERNEL_MAX_NUMEL", 0)
-    shapes = [(128, 128 + 8 * (i % 3)) for i in range(fast.STEP_BUCKET + 2)] + [(127, 129), (9,)]
+    n = fast.STEP_BUCKET
+    shapes = [(128, 136)] * (n + 1) if equal else []
+    shapes += [(128, 128 + 8 * (i % 3)) for i in range(n + 2 - equal)] + [(127, 129), (9,)]
     fast_optimizer = fast_and_reference_agree(cls, options, shapes)
     plan = fast.cache_of(fast_optimizer).plans[id(fast_optimizer.param_groups[0])]
-    units = [type(unit).__name__ for _, unit in plan.work]
-    assert units.count("Bucket") == 1 and len(units) == len(plan.chunks) - fast.STEP_BUCKET + 1
+    buckets = [unit for _, unit in plan.work if isinstance(unit, fast.Bucket)]
+    assert len(buckets) == 1 + equal
+    assert len(plan.work) == len(plan.chunks) - len(buckets) * (n - 1)
+    lengths = [{chunk.numel for chunk in bucket.chunks} for bucket in buckets]
+    assert [len(lengths[0]), len(lengths[-1])] == [1 if equal else 3, 3]
+    equal_kernels = [k for key, k in fast._KERNELS.items() if key[2:3] == ("bucket_equal",)]
+    used = [kernels[-1] for kernels, unit in plan.work if isinstance(unit, fast.Bucket)]
+    assert [k in equal_kernels for k in used] == [True] * equal + [False]
 
 
 def fast_and_reference_agree(cls, options, shapes, steps: int = 3):
@@ -484,3 +497,26 @@ def test_changing_the_thread_count_rebuilds_the_plan_and_keeps_the_numbers():
         torch.set_num_threads(threads)
     assert layouts_of(optimizers[0]) == ["GroupPlan"]
     assert_same(*models, *optimizers)
+
+
+def test_kernels_that_widen_to_float64_get_the_vector_width_chosen_for_them(monkeypatch):
+    """The float64 sums of squares compile with widening_options() (256-bit vectors where the CPU's
+    widest are 512-bit: torch 2.13 converts float to double lane by lane, slow at 16 lanes); an
+    elementwise float32 update keeps Inductor's own choice, and so does a float64 model."""
+    from torch._inductor import cpu_vec_isa
+    widest = cpu_vec_isa.pick_vec_isa().bit_width()
+    has_256 = any(isa.bit_width() == 256 for isa in cpu_vec_isa.valid_vec_isa_list())
+    assert fast.widening_options() == ({"cpp.simdlen": 256} if widest == 512 and has_256 else {})
+
+    seen = []
+    monkeypatch.setattr(torch._inductor, "compile",
+                        lambda graph, inputs, options: seen.append(options) or graph)
+    x = torch.ones(1024)
+    fast.compile_traced(fast.grad_squares, [x], "symbolic")
+    fast.compile_traced(fast.regularized(fast.sgd, prox=True),
+                        [x, x, torch.ones(5)], "symbolic")
+    fast.compile_traced(fast.grad_squares, [x.double()], "symbolic")
+    widened, update, double = seen
+    assert widened == {**fast.INDUCTOR_OPTIONS, **fast.widening_options()}
+    assert update == fast.INDUCTOR_OPTIONS
+    assert double == fast.INDUCTOR_OPTIONS
