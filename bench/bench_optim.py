@@ -362,14 +362,14 @@ def bench_reductions(size: str, device, repeats: int) -> tuple[int, list[Variant
     grads = [p.grad for p in make_params(shapes_of(size), device)]
     flat = [g.view(-1) for g in grads]
     kernels = {name: fast.kernel(function, ("tensor",), grads[0].dtype, device, 0)
-               for name, function in (("one", one_stream_squares), ("four", fast.grad_squares))}
+               for name, function in (("one", one_stream_squares), ("several", fast.grad_squares))}
     bodies = [g[:g.numel() - g.numel() % fast.READ_STREAMS] for g in flat]
     variants = [
         Variant("torch _foreach_norm (clip_grad_norm_)", lambda: torch._foreach_norm(grads)),
         Variant("torch dot (BLAS)", lambda: [g.dot(g) for g in flat]),
         Variant("regopt compiled, one stream", lambda: [kernels["one"](g) for g in flat]),
         Variant(f"regopt compiled, {fast.READ_STREAMS} streams",
-                lambda: [kernels["four"](g) for g in bodies]),
+                lambda: [kernels["several"](g) for g in bodies]),
     ]
     numel = sum(g.numel() for g in grads)
     bandwidth = race(variants, repeats, device, probe_after=probe_after_for(4 * numel))

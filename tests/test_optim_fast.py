@@ -216,8 +216,9 @@ def test_clipping_folded_into_the_step_matches_clip_grad_norm(cls, options, spli
 
 @pytest.mark.parametrize("layout", ["GroupPlan", "ChunkedPlan"], indirect=True)
 @pytest.mark.parametrize("lengths", [(40_000, 16_387, 3), (20_001, 7, 1),
-                                     (16_387, 20_000) * 5 + (5,),
-                                     (40_000, 16_387) + (20_003,) * 9 + (16_387, 3)],
+                                     (16_387, 20_000) * (fast.NORM_BUCKET // 2 + 1) + (5,),
+                                     (40_000, 16_387) + (20_003,) * (fast.NORM_BUCKET + 1)
+                                     + (16_387, 3)],
                          ids=["tail-of-3", "tail-of-1", "a-bucket", "equal-lengths"])
 def test_global_norm_is_torchs_total_norm(layout, lengths):
     """The compiled norm reads gradients as segments; lengths that READ_STREAMS does not divide
@@ -513,7 +514,7 @@ def test_kernels_that_widen_to_float64_get_the_vector_width_chosen_for_them(monk
                         lambda graph, inputs, options: seen.append(options) or graph)
     x = torch.ones(1024)
     fast.compile_traced(fast.grad_squares, [x], "symbolic")
-    fast.compile_traced(fast.regularized(fast.sgd, prox=True),
+    fast.compile_traced(fast.regularized(fast.sgd, prox=True, coupled=True, decoupled=False),
                         [x, x, torch.ones(5)], "symbolic")
     fast.compile_traced(fast.grad_squares, [x.double()], "symbolic")
     widened, update, double = seen

@@ -121,20 +121,29 @@ def soft_threshold(theta: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor
     return theta - theta.clamp(-threshold, threshold)
 
 
-def regularized(rule: Callable[..., torch.Tensor], prox: bool) -> Callable[..., None]:
+def regularized(rule: Callable[..., torch.Tensor], prox: bool, coupled: bool,
+                decoupled: bool) -> Callable[..., None]:
     """A rule's per-element update inside the skeleton's stages, as one function of plain tensors.
 
-    g     <- factor g + lambda theta        (maximize, clipping, coupled L2)
-    theta <- keep theta                     (decoupled decay, from the weights before the update)
+    g     <- factor g + lambda theta        (maximize, clipping; coupled L2, compiled in only when
+                                             ``coupled``)
+    theta <- keep theta                     (decoupled decay, from the weights before the update;
+                                             only when ``decoupled``)
     theta <- rule(theta, g, state)          (the rule; it writes its state in place)
     theta <- soft_threshold(theta, lr l1)   (prox L1; compiled in only when l1 > 0: in cache the
                                              clamp costs a third of an Adam step)
+
+    A stage that is off is left out, as the reference path leaves it out, rather than run with a
+    neutral scalar: the loop is partly compute-bound here, and the coupled term alone (a multiply
+    and an add per element) cost 4-5% of an Adam step with prox L1 on 25M parameters.
     """
     def kernel(p: torch.Tensor, g: torch.Tensor, *state_and_scalars: torch.Tensor) -> None:
         *state, s = state_and_scalars
-        g = g * s[GRAD_FACTOR] + s[COUPLED_DECAY] * p
-        finish(p, rule(p * s[KEEP], g, state, s), s, prox)
-    kernel.__name__ = rule.__name__ + "_l1" * prox
+        g = g * s[GRAD_FACTOR]
+        if coupled:
+            g = g + s[COUPLED_DECAY] * p
+        finish(p, rule(p * s[KEEP] if decoupled else p, g, state, s), s, prox)
+    kernel.__name__ = rule.__name__ + "_l2" * coupled + "_decoupled" * decoupled + "_l1" * prox
     return kernel
 
 
@@ -237,8 +246,9 @@ def segments(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
 
     A plain reduction reads one stream per thread, and on this machine one stream is read at half
     the in-place bandwidth of bench_optim.py's probe: the memory system keeps more reads in flight
-    for more streams. Four streams read 25M floats in 2.4 ms against 3.7 ms for one (a 128 MB add_
-    took 5.5 ms in the same run). Separate segments are also separate accumulators, so the
+    for more streams. On one machine here four streams read 25M floats in 2.4 ms against 3.7 ms
+    for one (a 128 MB add_ took 5.5 ms in the same run); on another (AVX-512), eight read them in
+    2.7-3.2 ms against 4.5-4.9 ms for four and 10 ms for one. Separate segments are also separate accumulators, so the
     additions do not wait on each other.
 
     Where the length is symbolic (a kernel compiled for any length), it must be a multiple of
@@ -374,7 +384,9 @@ class ChunkKey:
 def one_pass(function: Callable, n_state: int,
              group: dict[str, Any]) -> tuple[tuple[Callable, tuple[str, ...]], ...]:
     kinds = ("vec", "vec") + ("vec",) * n_state + ("scalars",)
-    return ((regularized(function, prox=bool(group["l1"])), kinds),)
+    decay, decoupled = bool(group["weight_decay"]), bool(group["decoupled_weight_decay"])
+    return ((regularized(function, prox=bool(group["l1"]), coupled=decay and not decoupled,
+                         decoupled=decay and decoupled), kinds),)
 
 
 STRUCTURAL_OPTIONS = ("l1", "momentum", "nesterov", "amsgrad", "centered", "exclude_1d",
@@ -637,7 +649,8 @@ def equal_length_buckets(items: list, length: Callable[[Any], int],
     One loop over several tensors of one length costs less than a loop per tensor: 100 tensors of
     250k elements, 8 per call, took 19.5 against 21.4 ms for an Adam step with prox L1, and 3.5-4.2
     against 5.5-6.2 ms for their sum of squares (each loop is a parallel region of its own, with
-    its own start, end and, for a reduction, combination of the threads' partial sums)."""
+    its own start, end and, for a reduction, combination of the threads' partial sums; the
+    threads of this 2-core VM do not reach the end of a loop together)."""
     by_length: dict[int, list[int]] = {}
     for position, item in enumerate(items):
         by_length.setdefault(length(item), []).append(position)
@@ -1420,11 +1433,13 @@ def global_norm(optimizer: Any, norm_type: float = 2.0) -> torch.Tensor:
     return total.sqrt().to(grads[0].dtype)
 
 
-NORM_BUCKET = 8
-"""Large gradients per call of :func:`global_norm`'s kernels for several tensors: 100 gradients of
+NORM_BUCKET = 16
+"""Large gradients per call of :func:`global_norm`'s kernels for several tensors. 100 gradients of
 250k elements took 3.2 ms in 13 calls against 5.0 ms in 100 (one call for all of them, a kernel
 compiled for their shapes, took 2.5 ms but 22 s to compile for each model; these compile in a few
-seconds once), and gradients of one length less still (:func:`equal_length_buckets`)."""
+seconds once). Gradients of one length (:func:`equal_length_buckets`), read side by side: 100 of
+250k took 3.3 ms 16 per call against 4.1 ms 8 per call (BLAS's dot, one call each: 3.1 ms); 32
+per call was slower again. (Steps keep STEP_BUCKET = 8: 16 were no faster there.)"""
 
 
 def large_grad_squares(grads: list[torch.Tensor], rest: list[torch.Tensor]) -> list[torch.Tensor]:
