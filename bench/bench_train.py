@@ -23,6 +23,12 @@ the timed ones), the processes taking turns over --rounds rounds: what a user ru
 loops gets, without the other loops' tensors in the caches. Interleaving in one process is the
 default because it is the steadier comparison on a busy machine.
 
+Every loop computes with subnormal floats flushed to zero (torch.set_flush_denormal), as
+`regopt train` does by default (RunConfig.flush_denormals): the same floating-point setting for
+all of them. --keep-denormals times them all without it: on the x86 VM here, the classic recipe's
+weights and Adam moments decay into the subnormal range within the first epochs at batch 64 and
+every loop slows down by 2-5x (see regopt.engine.denormals_flushed).
+
 With --compile a fourth loop runs regopt's engine with `regopt train --compile` (the model's
 forward and backward through torch.compile); its first epoch, which compiles, is reported apart
 and left out of the median.
@@ -161,19 +167,23 @@ def compare_epoch_times(batch_size: int, epochs: int, seed: int = 0, compile: bo
     return {**result, **{name: statistics.median(values) for name, values in times.items()}}
 
 
-def print_epoch_times(loop: str, batch_size: int, epochs: int, seed: int = 0) -> None:
+def print_epoch_times(loop: str, batch_size: int, epochs: int, flush: bool,
+                      seed: int = 0) -> None:
     """Run in a fresh process by isolated_epoch_times: one warm-up epoch, then print the times."""
+    torch.set_flush_denormal(flush)
     epochs_of = LOOPS[loop](load_dataset("fashion-mnist"), batch_size, seed)
     next(epochs_of)
     print(*[next(epochs_of) for _ in range(epochs)])
 
 
-def isolated_epoch_times(batch_size: int, epochs: int, rounds: int) -> dict[str, float]:
+def isolated_epoch_times(batch_size: int, epochs: int, rounds: int,
+                         flush: bool) -> dict[str, float]:
     """Median epoch seconds of each loop, each run in fresh processes that take turns."""
     times: dict[str, list[float]] = {name: [] for name in LOOPS}
     for _ in range(rounds):
         for name in LOOPS:
-            script = f"import bench_train as b; b.print_epoch_times({name!r}, {batch_size}, {epochs})"
+            script = (f"import bench_train as b; "
+                      f"b.print_epoch_times({name!r}, {batch_size}, {epochs}, {flush})")
             result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
                                     text=True, cwd=__file__.rsplit("/", 1)[0])
             times[name] += [float(value) for value in result.stdout.split()]
@@ -258,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time regopt's engine with the model compiled (torch.compile)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where the epoch-time loops run (default cpu)")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="time the loops with subnormal floats kept (default: flushed in all)")
     parser.add_argument("--markdown", help="append the result table to this file")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -280,12 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         compiled = " regopt --compile s/epoch (first epoch) | compiled / (b) |" * args.compile
         mode = (f"each loop in its own processes, {args.rounds} rounds of {args.epochs} epochs"
                 if args.isolated else f"interleaved in one process, {args.epochs} epochs each")
-        lines += [f"device {args.device}, {mode}", "",
+        subnormals = "kept" if args.keep_denormals else "flushed to zero"
+        torch.set_flush_denormal(not args.keep_denormals)
+        lines += [f"device {args.device}, {mode}, subnormal floats {subnormals} in every loop", "",
                   "| batch | (a) DataLoader s/epoch | (b) in-memory s/epoch | regopt s/epoch "
                   "| (a) / regopt | regopt / (b) |" + compiled,
                   "|---|---|---|---|---|---|" + "---|---|" * args.compile]
         for batch_size in args.batch_sizes:
-            t = isolated_epoch_times(batch_size, args.epochs, args.rounds) if args.isolated else \
+            t = isolated_epoch_times(batch_size, args.epochs, args.rounds,
+                                     not args.keep_denormals) if args.isolated else \
                 compare_epoch_times(batch_size, args.epochs, compile=args.compile,
                                     device=args.device)
             lines.append(f"| {batch_size} | {t['dataloader']:.3f} | {t['in_memory']:.3f} | "

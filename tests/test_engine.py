@@ -258,3 +258,30 @@ def test_a_run_too_short_to_pay_for_compiling_takes_the_reference_path(monkeypat
     assert fit(prox)["optimizer_path"] == "reference + torch kernels"
     monkeypatch.setattr(engine, "COMPILE_PAYOFF", 3 * 19 * 804)
     assert fit(short)["optimizer_path"] == "compiled"
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_run_flushes_subnormal_floats_as_configured_and_restores_the_callers_setting(flush):
+    """config.flush_denormals holds while the run trains (seen from its progress reports, on
+    torch's threads too), and the caller's own setting is back afterwards."""
+    seen = []
+
+    class Watch:
+        def start(self, *args):
+            pass
+
+        def batch(self, *args):
+            pass
+
+        def epoch(self, row):
+            tiny = torch.full((100_000,), 1e-40)      # parallel: torch's other threads too
+            seen.append((engine.denormals_flushed(), bool((tiny * 1.0 == 0).all())))
+
+    caller = not flush
+    torch.set_flush_denormal(caller)
+    try:
+        fit(small(epochs=2, threads=2, flush_denormals=flush), progress=Watch())
+        assert engine.denormals_flushed() == caller
+    finally:
+        torch.set_flush_denormal(False)
+    assert seen == [(flush, flush)] * 2

@@ -83,6 +83,8 @@ class RunConfig:
                epochs // 3) and gamma (its decay factor), clip (max global gradient norm).
     Reproducibility: seed (weights, dropout and batch order), threads (torch threads; None leaves
                torch's default). Same seed and thread count on one machine -> identical runs.
+               flush_denormals (default True): the run computes with subnormal floats flushed to
+               zero (torch.set_flush_denormal), as TensorFlow does on CPUs; False keeps them.
     """
 
     dataset: str = "digits"
@@ -123,6 +125,7 @@ class RunConfig:
 
     seed: int = 0
     threads: int | None = None
+    flush_denormals: bool = True
 
     def __post_init__(self) -> None:
         for spec in fields(self):
@@ -343,6 +346,7 @@ _COERCE = {
     "clip": _optional(_as_float),
     "seed": _as_int,
     "threads": _optional(_as_int),
+    "flush_denormals": _as_bool,
 }
 assert set(_COERCE) == set(KEYS), "every RunConfig field needs a coercion"
 
