@@ -121,7 +121,12 @@ def denormals_flushed() -> bool:
     (7,500 weights and 10,000 first moments after three epochs at batch 64), and on the x86 CPU
     here every operation on a subnormal takes a slow path: epochs grew from 1.3 to 2.9 s (a
     hand-written torch loop) and to 5.3 s (regopt's), against 1.3 and 1.0 s flushed. Only
-    values below 1.2e-38 change. torch has no getter: this multiplies one."""
+    values below 1.2e-38 change. torch has no getter: this multiplies one.
+
+    The setting reaches the threads torch starts after it; a run started in a process whose
+    threads already ran matrix products with the other setting was only partly flushed here (6.7
+    against 3.8 s for four epochs). `regopt train` and the lab's worker processes set it before
+    their first product."""
     return bool(torch.tensor([1e-40]).mul(1.0)[0] == 0)
 
 
