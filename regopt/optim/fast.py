@@ -42,8 +42,11 @@ returns the tensor's step size (so the update's loop does not recompute it per e
   around the call, which is cheap at that size. Packing large tensors would cost 8 more bytes per
   parameter per step for the gradient copy (an Adam step moves 28), more than the call it saves.
   The step counts of a group are views of one tensor too. Large tensors that share their scalars
-  go STEP_BUCKET per call of a kernel compiled for any lengths (:func:`bucket_kernels`), which
-  saves the Python and wrapper cost of a call per tensor (~15 us here).
+  go STEP_BUCKET per call (:func:`bucket_kernels`), which saves the Python and wrapper cost of a
+  call per tensor (~15 us here): tensors of one length through a kernel that runs one loop over
+  all of them (:func:`equal_length_buckets`), the rest through a kernel for any lengths.
+- Vector width: kernels that widen float32 to float64 (the norms) are compiled with 256-bit
+  vectors on AVX-512 CPUs (:func:`widening_options`); the rest with the widest.
 - torch's own fused kernels (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``,
   ``_fused_adagrad_``) run the step where regopt's formula is exactly theirs (no ``l1``; decay
   coupled, or decoupled and scaled by lr): on large tensors they are as fast as the compiled loop,
@@ -248,8 +251,8 @@ def segments(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     the in-place bandwidth of bench_optim.py's probe: the memory system keeps more reads in flight
     for more streams. On one machine here four streams read 25M floats in 2.4 ms against 3.7 ms
     for one (a 128 MB add_ took 5.5 ms in the same run); on another (AVX-512), eight read them in
-    2.7-3.2 ms against 4.5-4.9 ms for four and 10 ms for one. Separate segments are also separate accumulators, so the
-    additions do not wait on each other.
+    2.7-3.2 ms against 4.5-4.9 ms for four and 10 ms for one. Separate segments are also separate
+    accumulators, so the additions do not wait on each other.
 
     Where the length is symbolic (a kernel compiled for any length), it must be a multiple of
     READ_STREAMS when the kernel runs: Inductor (torch 2.13) miscompiles a reduction over the tail
@@ -945,12 +948,14 @@ class ChunkedPlan(CompiledPlan):
         for index, chunk in enumerate(self.chunks):
             if not chunk.packed and self.chunk_kernels[index] is kernels:
                 candidates.setdefault(id(chunk.slot), []).append(index)
+        def cut(indices: list[int], equal: bool) -> tuple[list[list[int]], list[int]]:
+            if equal:
+                return equal_length_buckets(indices, lambda i: self.chunks[i].numel, STEP_BUCKET)
+            return any_length_buckets(indices, STEP_BUCKET)
+
         work: list[tuple[list[Callable], Chunk | Bucket]] = []
         for equal in (True, False):
-            found = {slot: (equal_length_buckets(indices, lambda i: self.chunks[i].numel,
-                                                 STEP_BUCKET) if equal
-                            else any_length_buckets(indices, STEP_BUCKET))
-                     for slot, indices in candidates.items()}
+            found = {slot: cut(indices, equal) for slot, indices in candidates.items()}
             full = [indices for buckets, _ in found.values() for indices in buckets]
             many = bucket(equal) if full else None
             if many is None:                       # none, or not compiled: they stay candidates
