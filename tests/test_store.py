@@ -219,6 +219,30 @@ def test_a_store_being_created_reads_as_empty(tmp_path):
     assert RunStore(tmp_path).experiments() == []
 
 
+def test_a_schema_cut_off_midway_leaves_no_half_store(tmp_path, monkeypatch):
+    """The tables are created in one transaction: a creation that fails (or is killed) after
+    ``runs`` and before ``metrics`` leaves neither, so no reader sees runs without metrics."""
+    connect = sqlite3.connect
+
+    def connect_refusing_metrics(*args, **kwargs):
+        db = connect(*args, **kwargs)
+        db.set_authorizer(lambda action, name, *rest: sqlite3.SQLITE_DENY
+                          if action == sqlite3.SQLITE_CREATE_TABLE and name == "metrics"
+                          else sqlite3.SQLITE_OK)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", connect_refusing_metrics)
+    with pytest.raises(UserError, match="unreadable"):
+        RunStore(tmp_path).create_run(CONFIG)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    db = connect(tmp_path / "regopt.db")
+    assert db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []
+    db.close()
+    assert RunStore(tmp_path).list_runs() == []
+    run_id = RunStore(tmp_path).create_run(CONFIG)
+    assert [r["run_id"] for r in RunStore(tmp_path).list_runs()] == [run_id]
+
+
 def test_keys_added_later_leave_older_runs_hashes_alone():
     from regopt.lab import RunConfig
     from regopt.lab.store import config_hash

@@ -88,6 +88,10 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 """
 
+_CREATE_SCHEMA = f"BEGIN IMMEDIATE;\n{_SCHEMA}COMMIT;\n"
+"""The schema in one transaction: a reader in another process sees every table or none (created
+table by table, a reader once found ``runs`` without ``metrics`` and failed)."""
+
 
 class RunNotFoundError(UserError):
     """No run with the given id in the store."""
@@ -303,7 +307,7 @@ class RunStore:
             db.execute("PRAGMA foreign_keys = ON")
             if create:
                 db.execute("PRAGMA journal_mode = WAL")  # persistent: stored in the database file
-                db.executescript(_SCHEMA)
+                db.executescript(_CREATE_SCHEMA)
             elif not _has_runs_table(db):  # a store another process is creating at this moment
                 if missing_ok:
                     yield None
@@ -366,7 +370,7 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         with db:
             for column in missing:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
-        db.executescript(_SCHEMA)  # the indexes on the new columns
+        db.executescript(_CREATE_SCHEMA)  # the indexes on the new columns
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
