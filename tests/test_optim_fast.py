@@ -270,6 +270,32 @@ def test_large_tensors_stepped_several_per_call_match_the_reference(cls, options
     assert [k in equal_kernels for k in used] == [True] * equal + [False]
 
 
+@pytest.mark.parametrize("cls,options,passes,streams", [
+    (ro.Adam, dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True, l1=1e-3), 1, 4),
+    (ro.LARS, dict(lr=0.1, weight_decay=1e-3), 2, 3),
+    (ro.LAMB, dict(lr=1e-2, weight_decay=1e-2), 2, 4),
+], ids=["Adam-prox-L1", "LARS", "LAMB"])
+def test_rules_of_two_passes_bucket_only_tensors_that_stay_in_cache(cls, options, passes, streams,
+                                                                   monkeypatch):
+    """LARS and LAMB put STEP_BUCKET large tensors to a call only where the bucket fits in
+    PASSES_IN_CACHE_BYTES (the second pass then finds in cache what the first read); larger
+    tensors go one per call, both passes back to back. Single-pass rules bucket them anyway.
+    The numbers are the reference path's either way."""
+    monkeypatch.setattr(fast, "GROUP_KERNEL_MAX_NUMEL", 0)
+    n = fast.STEP_BUCKET
+    shapes = [(128, 136)] * n + [(160, 136)] * n       # 17,408 and 21,760 elements
+    budget = n * 21_760 * 4 * streams - 1            # parameter, gradient, state: the larger
+                                                     # ones' bucket does not fit
+    monkeypatch.setattr(fast, "PASSES_IN_CACHE_BYTES", budget)
+    fast_optimizer = fast_and_reference_agree(cls, options, shapes)
+    plan = fast.cache_of(fast_optimizer).plans[id(fast_optimizer.param_groups[0])]
+    bucketed = sorted({chunk.numel for _, unit in plan.work if isinstance(unit, fast.Bucket)
+                       for chunk in unit.chunks})
+    assert len(plan.rule.passes) == passes
+    assert bucketed == ([17_408, 21_760] if passes == 1 else [17_408])
+    assert len(plan.work) == (2 if passes == 1 else 1 + n)
+
+
 def fast_and_reference_agree(cls, options, shapes, steps: int = 3):
     """Step parameters of these shapes with random gradients on both paths; assert they agree,
     and return the fast path's optimizer."""
