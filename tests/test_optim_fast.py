@@ -277,23 +277,25 @@ def test_large_tensors_stepped_several_per_call_match_the_reference(cls, options
 ], ids=["Adam-prox-L1", "LARS", "LAMB"])
 def test_rules_of_two_passes_bucket_only_tensors_that_stay_in_cache(cls, options, passes, streams,
                                                                    monkeypatch):
-    """LARS and LAMB put STEP_BUCKET large tensors to a call only where the bucket fits in
-    PASSES_IN_CACHE_BYTES (the second pass then finds in cache what the first read); larger
-    tensors go one per call, both passes back to back. Single-pass rules bucket them anyway.
-    The numbers are the reference path's either way."""
+    """LARS and LAMB put as many large tensors to a call (a power of 2 up to STEP_BUCKET) as fit
+    in PASSES_IN_CACHE_BYTES with their gradients and state (the second pass then finds in cache
+    what the first read); single-pass rules put STEP_BUCKET to a call anyway. The numbers are the
+    reference path's either way."""
     monkeypatch.setattr(fast, "GROUP_KERNEL_MAX_NUMEL", 0)
     n = fast.STEP_BUCKET
     shapes = [(128, 136)] * n + [(160, 136)] * n       # 17,408 and 21,760 elements
-    budget = n * 21_760 * 4 * streams - 1            # parameter, gradient, state: the larger
-                                                     # ones' bucket does not fit
-    monkeypatch.setattr(fast, "PASSES_IN_CACHE_BYTES", budget)
+    budget = n * 21_760 * 4 * streams - 1            # parameter, gradient, state: n of the larger
+    monkeypatch.setattr(fast, "PASSES_IN_CACHE_BYTES", budget)      # do not fit, n / 2 do
     fast_optimizer = fast_and_reference_agree(cls, options, shapes)
     plan = fast.cache_of(fast_optimizer).plans[id(fast_optimizer.param_groups[0])]
-    bucketed = sorted({chunk.numel for _, unit in plan.work if isinstance(unit, fast.Bucket)
-                       for chunk in unit.chunks})
+    buckets = sorted((unit.chunks[0].numel, len(unit.chunks)) for _, unit in plan.work
+                     if isinstance(unit, fast.Bucket))
     assert len(plan.rule.passes) == passes
-    assert bucketed == ([17_408, 21_760] if passes == 1 else [17_408])
-    assert len(plan.work) == (2 if passes == 1 else 1 + n)
+    expected = [(17_408, n), (21_760, n)] if passes == 1 else \
+        [(17_408, n), (21_760, n // 2), (21_760, n // 2)]
+    assert buckets == expected and len(plan.work) == len(expected)
+    monkeypatch.setattr(fast, "PASSES_IN_CACHE_BYTES", 17_408 * 4 * streams - 1)
+    assert fast.bucket_size(plan.rule, 17_408, 4) == (n if passes == 1 else 1)
 
 
 def fast_and_reference_agree(cls, options, shapes, steps: int = 3):

@@ -45,8 +45,8 @@ returns the tensor's step size (so the update's loop does not recompute it per e
   go STEP_BUCKET per call (:func:`bucket_kernels`), which saves the Python and wrapper cost of a
   call per tensor (~15 us here): tensors of one length through a kernel that runs one loop over
   all of them (:func:`equal_length_buckets`), the rest through a kernel for any lengths. Rules of
-  two passes (LARS, LAMB) bucket only tensors small enough that the second pass finds in cache
-  what the first read (:data:`PASSES_IN_CACHE_BYTES`); larger ones go one per call.
+  two passes (LARS, LAMB) put fewer large tensors to a call, as many as the second pass finds in
+  cache after the first read them (:func:`bucket_size`), down to one.
 - Vector width: kernels that widen float32 to float64 (the norms) are compiled with 256-bit
   vectors on AVX-512 CPUs (:func:`widening_options`); the rest with the widest.
 - torch's own fused kernels (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_sgd_``,
@@ -637,20 +637,28 @@ STEP_BUCKET = 8
 once per rule variant and dtype)."""
 
 
-PASSES_IN_CACHE_BYTES = 4 << 20
-"""A rule of several passes (LARS, LAMB) puts large tensors STEP_BUCKET to a call only where the
-bucket's tensors (parameter, gradient, state) fit in this many bytes; larger ones go one to a
-call, so that the second pass finds in cache what the first pass read. 100 tensors of 250k
-elements (1 MB each) stepped in 21.4 against 25.6 ms for LAMB and 17.9 against 20.6 ms for LARS
-one to a call rather than 8 (an AMD EPYC VM, 32 MB of L3; interleaved A/B): between the two passes
-of a bucket of 8, the first pass had read 24-32 MB."""
+PASSES_IN_CACHE_BYTES = 16 << 20
+"""A rule of several passes (LARS, LAMB) puts as many large tensors to a call (a power of 2, at
+most STEP_BUCKET) as fit in this many bytes with their gradients and state, so that the second
+pass finds in cache what the first pass read (half the 32 MB of L3 of the AMD EPYC VM it was
+measured on). 100 tensors of 250k elements (1 MB each; LAMB's bucket then holds 4, LARS's 4), in
+interleaved A/B runs: LAMB 21.4 ms against 23.7 ms 8 to a call, LARS 16.7 against 19.4 ms; with
+8 MB 22.8 and 18.0 ms; one to a call up to 16% faster than 8 for LAMB. Smaller tensors gain from
+sharing a call: 150 of 40k elements, LAMB one to a call 10.6 ms, 8 to a call (what this budget
+gives them) 8.1-8.6 ms."""
 
 
-def passes_find_cache(rule: Rule, numel: int, itemsize: int) -> bool:
-    """Whether STEP_BUCKET tensors of ``numel`` elements may share a call: always for one pass;
-    for several, if their parameters, gradients and state fit in PASSES_IN_CACHE_BYTES."""
+def bucket_size(rule: Rule, numel: int, itemsize: int) -> int:
+    """Tensors of ``numel`` elements per call: STEP_BUCKET for a rule of one pass; for several,
+    the largest power of 2 up to STEP_BUCKET whose tensors (parameter, gradient, state) fit in
+    PASSES_IN_CACHE_BYTES, or 1."""
+    if len(rule.passes) == 1:
+        return STEP_BUCKET
     tensor_bytes = numel * itemsize * (2 + len(rule.state_keys))
-    return len(rule.passes) == 1 or STEP_BUCKET * tensor_bytes <= PASSES_IN_CACHE_BYTES
+    size = STEP_BUCKET
+    while size > 1 and size * tensor_bytes > PASSES_IN_CACHE_BYTES:
+        size //= 2
+    return size
 
 
 def bucket_examples(count: int, dtype: torch.dtype, device: torch.device,
@@ -689,18 +697,18 @@ def any_length_buckets(items: list, size: int) -> tuple[list[list], list]:
 
 
 def bucket_kernels(rule: Rule, dtype: torch.dtype, device: torch.device, n_scalars: int,
-                   equal: bool) -> list[Callable] | None:
-    """The rule's passes over STEP_BUCKET tensors per call, compiled once for tensors of any
+                   equal: bool, count: int) -> list[Callable] | None:
+    """The rule's passes over ``count`` tensors per call, compiled once for tensors of any
     lengths, or (``equal``) of one length (:func:`bucket_examples`); lengths divisible by
     READ_STREAMS, as :func:`segments` needs. None if that fails (silently: the tensors go one per
     call)."""
-    params = bucket_examples(STEP_BUCKET, dtype, device, equal)
+    params = bucket_examples(count, dtype, device, equal)
     for param in params:
         param.grad = torch.ones_like(param)
     slots = [torch.zeros(n_scalars, dtype=dtype, device=device)]
-    key = ("bucket" + "_equal" * equal, STEP_BUCKET, str(dtype).removeprefix("torch."),
+    key = ("bucket" + "_equal" * equal, count, str(dtype).removeprefix("torch."),
            device.type, n_scalars)
-    return compile_whole_passes(rule, params, slots, (0,) * STEP_BUCKET, "symbolic", key)
+    return compile_whole_passes(rule, params, slots, (0,) * count, "symbolic", key)
 
 
 def group_kernels(rule: Rule, params: list[torch.Tensor], slots: list[torch.Tensor],
@@ -849,7 +857,7 @@ class Chunk:
 
 
 class Bucket:
-    """STEP_BUCKET large chunks (one tensor each, one scalar slot) updated by one kernel call."""
+    """Large chunks (one tensor each, one scalar slot) updated by one kernel call."""
 
     def __init__(self, chunks: list[Chunk]) -> None:
         self.chunks = chunks
@@ -924,11 +932,11 @@ class ChunkedPlan(CompiledPlan):
     def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor],
                  rule: Rule, kernels: list[Callable],
                  one_stream: Callable[[], list[Callable] | None],
-                 bucket: Callable[[bool], list[Callable] | None]) -> None:
+                 bucket: Callable[[bool, int], list[Callable] | None]) -> None:
         """``one_stream()`` compiles the rule's one-stream passes, for chunks whose length
         READ_STREAMS does not divide (:func:`segments`); self.kernels is None if that fails.
-        ``bucket(equal)`` compiles its passes over STEP_BUCKET tensors per call, for the large
-        tensors (:func:`bucket_kernels`); where that fails, they go one per call."""
+        ``bucket(equal, count)`` compiles its passes over ``count`` tensors per call, for the
+        large tensors (:func:`bucket_kernels`); where that fails, they go one per call."""
         super().__init__(optimizer, group, params, rule)
         self.kernels: list[Callable] | None = kernels
         self.chunks: list[Chunk] = []
@@ -956,32 +964,35 @@ class ChunkedPlan(CompiledPlan):
         self.claim_state()
 
     def buckets(self, kernels: list[Callable],
-                bucket: Callable[[bool], list[Callable] | None]
+                bucket: Callable[[bool, int], list[Callable] | None]
                 ) -> list[tuple[list[Callable], "Chunk | Bucket"]]:
         """What one step calls: (kernels, inputs) per call. Large tensors that share a scalar
-        slot and the main kernels go STEP_BUCKET per call: those of equal length together first
-        (:func:`equal_length_buckets`), then the rest in buckets of mixed lengths; every other
-        chunk, and for rules of several passes the tensors too large to stay in cache between
-        them (:func:`passes_find_cache`), one per call."""
-        candidates: dict[int, list[int]] = {}
+        slot and the main kernels go several per call (:func:`bucket_size`: STEP_BUCKET, fewer
+        for rules of several passes where a bucket would not stay in cache between them): those
+        of equal length together first (:func:`equal_length_buckets`), then the rest in buckets
+        of mixed lengths; every other chunk, one per call."""
+        candidates: dict[tuple[int, int], list[int]] = {}    # (slot, bucket size): chunks
         for index, chunk in enumerate(self.chunks):
-            if not chunk.packed and self.chunk_kernels[index] is kernels and \
-                    passes_find_cache(self.rule, chunk.numel, chunk.params[0].element_size()):
-                candidates.setdefault(id(chunk.slot), []).append(index)
-        def cut(indices: list[int], equal: bool) -> tuple[list[list[int]], list[int]]:
+            if not chunk.packed and self.chunk_kernels[index] is kernels:
+                size = bucket_size(self.rule, chunk.numel, chunk.params[0].element_size())
+                if size > 1:
+                    candidates.setdefault((id(chunk.slot), size), []).append(index)
+
+        def cut(indices: list[int], equal: bool, size: int) -> tuple[list[list[int]], list[int]]:
             if equal:
-                return equal_length_buckets(indices, lambda i: self.chunks[i].numel, STEP_BUCKET)
-            return any_length_buckets(indices, STEP_BUCKET)
+                return equal_length_buckets(indices, lambda i: self.chunks[i].numel, size)
+            return any_length_buckets(indices, size)
 
         work: list[tuple[list[Callable], Chunk | Bucket]] = []
         for equal in (True, False):
-            found = {slot: cut(indices, equal) for slot, indices in candidates.items()}
-            full = [indices for buckets, _ in found.values() for indices in buckets]
-            many = bucket(equal) if full else None
-            if many is None:                       # none, or not compiled: they stay candidates
-                continue
-            work += [(many, Bucket([self.chunks[i] for i in indices])) for indices in full]
-            candidates = {slot: rest for slot, (_, rest) in found.items()}
+            for (slot, size), indices in candidates.items():
+                full, rest = cut(indices, equal, size)
+                many = bucket(equal, size) if full else None
+                if many is None:                   # none, or not compiled: they stay candidates
+                    continue
+                work += [(many, Bucket([self.chunks[i] for i in bucket_indices]))
+                         for bucket_indices in full]
+                candidates[(slot, size)] = rest
         taken = {id(chunk) for _, unit in work for chunk in unit.chunks}
         return work + [(self.chunk_kernels[i], chunk) for i, chunk in enumerate(self.chunks)
                        if id(chunk) not in taken]
@@ -1236,8 +1247,8 @@ def build_plan(optimizer: Any, group: dict[str, Any], params: list[torch.Tensor]
         return None
     plan = ChunkedPlan(optimizer, group, params, rule, kernels,
                        one_stream=lambda: compile_passes(rule.one_stream_passes),
-                       bucket=lambda equal: bucket_kernels(rule, dtype, device, n_scalars,
-                                                          equal))
+                       bucket=lambda equal, count: bucket_kernels(rule, dtype, device,
+                                                                  n_scalars, equal, count))
     return plan if plan.kernels is not None else None
 
 
