@@ -52,3 +52,12 @@ def test_bench_optim_writes_its_section_and_keeps_the_rest(tmp_path):
     assert "| 3x1000 | sgd |" in "\n".join(section(text, "bench_optim"))
     assert len(section(text, "bench_optim_reductions")) == len(reductions)
     assert "| 3x1000 | rmsprop |" not in text and first != text
+
+
+def test_bench_buckets_times_each_budget(capsys):
+    bench = load("bench_buckets")
+    assert bench.main(["--rule", "lars", "--size", "3x20k", "--budgets-mb", "0", "16",
+                       "--repeats", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ms")[0].rsplit(": ", 1)[0] for line in lines] == [
+        "lars 3x20k budget 0 MB", "lars 3x20k budget 16 MB"]

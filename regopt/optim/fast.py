@@ -645,7 +645,7 @@ measured on). 100 tensors of 250k elements (1 MB each; LAMB's bucket then holds 
 interleaved A/B runs: LAMB 21.4 ms against 23.7 ms 8 to a call, LARS 16.7 against 19.4 ms; with
 8 MB 22.8 and 18.0 ms; one to a call up to 16% faster than 8 for LAMB. Smaller tensors gain from
 sharing a call: 150 of 40k elements, LAMB one to a call 10.6 ms, 8 to a call (what this budget
-gives them) 8.1-8.6 ms."""
+gives them) 8.1-8.6 ms. Reproduce: ``python bench/bench_buckets.py``."""
 
 
 def bucket_size(rule: Rule, numel: int, itemsize: int) -> int:
